@@ -1,0 +1,29 @@
+"""Alembic environment: the database URL comes from the project's settings."""
+
+from alembic import context
+from services.shared.db import make_engine
+from services.shared.models import Base
+
+config = context.config
+
+
+def run_migrations() -> None:
+    url = config.get_main_option("sqlalchemy.url")
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=url.startswith("sqlite"),
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations()

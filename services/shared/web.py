@@ -1,0 +1,128 @@
+"""What every Flask service shares: settings, clients, error shape, health, proxy trust.
+
+Each service's `create_app(config=None)` calls `create_service_app`, then adds
+its blueprint. Clients are built here, inside the factory, never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app, jsonify, request
+from sqlalchemy import text
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .db import Database
+from .origins import OriginPolicy
+from .revocation import RevocationStore, StoreUnavailable, redis_client
+from .settings import Settings, load_settings
+from .tokens import TokenCodec, TokenError, TokenExpired, TokenInvalid, TokenMissing
+
+log = logging.getLogger("zhiva")
+
+
+@dataclass
+class Resources:
+    """The clients a service uses, built once per process by its factory."""
+
+    settings: Settings
+    db: Database
+    revocations: RevocationStore
+    codec: TokenCodec
+    origins: OriginPolicy
+
+    @property
+    def redis(self):  # type: ignore[no-untyped-def]
+        return self.revocations.client
+
+
+def resources() -> Resources:
+    return current_app.extensions["zhiva"]
+
+
+def error(message: str, status: int, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """The one JSON error shape of CONTRACT section 2."""
+    response = jsonify(message=message)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def create_service_app(
+    import_name: str, service: str, config: dict[str, Any] | None = None, *, can_sign: bool = False
+) -> Flask:
+    settings = load_settings(config)
+    app = Flask(import_name)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        # Forms and JSON bodies here are small; uploads go to Orthanc, not to us.
+        MAX_CONTENT_LENGTH=64 * 1024,
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME=f"zhiva_{service}",
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update({k: v for k, v in (config or {}).items() if not k.isupper() or k in app.config})
+    # nginx is the only client and overwrites X-Forwarded-For/-Proto with what it
+    # saw, so exactly one proxy hop is trusted and outside spoofing is ignored.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+
+    redis = redis_client(settings.redis_url)
+    app.extensions["zhiva"] = Resources(
+        settings=settings,
+        db=Database(settings.database_url),
+        revocations=RevocationStore(redis, settings.redis_key_prefix),
+        codec=TokenCodec.from_settings(settings, can_sign=can_sign),
+        origins=OriginPolicy(settings.origin_patterns),
+    )
+    app.config["SERVICE_NAME"] = service
+    _register_errors(app)
+    app.add_url_rule("/healthz", "healthz", _healthz)
+    return app
+
+
+def _healthz():  # type: ignore[no-untyped-def]
+    res = resources()
+    checks = {"redis": res.revocations.ping(), "database": _database_ok(res.db)}
+    status = 200 if all(checks.values()) else 503
+    body = {"service": current_app.config["SERVICE_NAME"], "status": "ok" if status == 200 else "degraded"}
+    return jsonify(**body, checks=checks), status
+
+
+def _database_ok(db: Database) -> bool:
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not healthy"
+        log.exception("database health check failed")
+        return False
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(TokenError)
+    def _token_error(exc: TokenError):  # type: ignore[no-untyped-def]
+        if isinstance(exc, TokenInvalid):
+            log.info("token refused on %s %s: %s", request.method, request.path, exc.reason)
+        status = 401 if isinstance(exc, TokenMissing | TokenExpired) else 403
+        return error(str(exc), status)
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_down(exc: StoreUnavailable):  # type: ignore[no-untyped-def]
+        log.error("redis unavailable on %s %s", request.method, request.path)
+        return error(str(exc), 503, {"Retry-After": "5"})
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        return error(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        # The client learns nothing internal; the log has the traceback (never a token:
+        # request bodies and headers are not logged).
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error("Internal error", 500)

@@ -1,0 +1,83 @@
+"""Shared fixtures: real Redis, real databases, a configured project directory, the whole stack.
+
+Nothing here is faked: Redis is a redis-server of the tests' own, the
+database is SQLite in a temporary directory or the machine's PostgreSQL in a
+database made for this run, and `stack` starts nginx, Orthanc, Redis and the
+three services under supervisord exactly as `make up` does.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.setup import ensure_setup
+from services.shared.schema import upgrade
+from tests.support.redis_server import RedisServer
+
+ADMIN_PASSWORD = "Admin-Passw0rd!"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), secrets.token_hex(16))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CONFIG_DIR made by the real set-up: certificate, JWT keys, `.env`."""
+    directory = tmp_path_factory.mktemp("config")
+    saved = os.environ.get("ADMIN_PASSWORD")
+    os.environ["ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    try:
+        ensure_setup(directory)
+    finally:
+        if saved is None:
+            del os.environ["ADMIN_PASSWORD"]
+        else:
+            os.environ["ADMIN_PASSWORD"] = saved
+    return directory
+
+
+@pytest.fixture
+def app_config(
+    config_dir: Path, redis_server: RedisServer, tmp_path: Path
+) -> dict[str, Any]:
+    """Overrides for `create_app(config)`: a fresh SQLite database and Redis key prefix per test."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    database_url = f"sqlite:///{state_dir / 'zhiva.db'}"
+    upgrade(database_url)
+    return {
+        "CONFIG_DIR": str(config_dir),
+        "STATE_DIR": str(state_dir),
+        "DATABASE_URL": database_url,
+        "REDIS_PORT": redis_server.port,
+        "REDIS_PASSWORD": redis_server.password,
+        "REDIS_KEY_PREFIX": f"test-{uuid.uuid4().hex}:",
+        "TESTING": True,
+    }
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this run's own on the machine's server (127.0.0.1:5432)."""
+    import psycopg
+
+    admin_url = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"zhiva_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
