@@ -1,0 +1,95 @@
+"""User accounts: the one place that creates, finds, authenticates and revokes users.
+
+The token service's page and API, the login service and the admin CLI all go
+through these functions, so every rule (normalised usernames, strong
+passwords, disabled users) is written once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import User, normalise_name, normalise_username
+from .passwords import check_password, hash_password, weak_password_reason
+from .tokens import Identity
+
+
+class AccountError(ValueError):
+    """A user-facing refusal; the message is safe to show."""
+
+
+def find_user(session: Session, username: str) -> User | None:
+    normalised = normalise_username(username)
+    if normalised is None:
+        return None
+    return session.scalar(select(User).where(User.username == normalised))
+
+
+def save_user(
+    session: Session,
+    *,
+    name: str,
+    username: str,
+    password: str,
+    can_edit: bool = False,
+    is_admin: bool = False,
+) -> User:
+    """Create the user, or overwrite an existing one's name, password and rights."""
+    clean_name = normalise_name(name)
+    if clean_name is None:
+        raise AccountError("Name not valid")
+    clean_username = normalise_username(username)
+    if clean_username is None:
+        raise AccountError("username not valid")
+    reason = weak_password_reason(password)
+    if reason:
+        raise AccountError(reason)
+    user = find_user(session, clean_username)
+    if user is None:
+        user = User(username=clean_username, token_generation=0, disabled=False)
+        session.add(user)
+    user.name = clean_name
+    user.password_hash = hash_password(password)
+    user.can_edit = can_edit
+    user.is_admin = is_admin
+    session.flush()
+    return user
+
+
+def authenticate(session: Session, username: str, password: str) -> User | None:
+    """The enabled user with this password, or None; the same cost for every failure."""
+    user = find_user(session, username) if isinstance(username, str) else None
+    valid = check_password(password if isinstance(password, str) else "", user.password_hash if user else None)
+    if not valid or user is None or user.disabled:
+        return None
+    return user
+
+
+def identity(user: User) -> Identity:
+    return Identity(
+        name=user.name,
+        username=user.username,
+        can_edit=user.can_edit,
+        is_admin=user.is_admin,
+        generation=user.token_generation,
+    )
+
+
+def revoke_all_tokens(session: Session, username: str) -> User:
+    """Raise the user's token generation: every token issued before stops working."""
+    user = find_user(session, username)
+    if user is None:
+        raise AccountError("User doesn't exists")
+    user.token_generation += 1
+    session.flush()
+    return user
+
+
+def set_disabled(session: Session, username: str, disabled: bool = True) -> User:
+    user = find_user(session, username)
+    if user is None:
+        raise AccountError("User doesn't exists")
+    user.disabled = disabled
+    session.flush()
+    return user
