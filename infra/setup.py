@@ -130,7 +130,9 @@ def _jwt_keys(settings: Settings) -> None:
         say(f"keeping the JWT key pair {private_path}")
     else:
         if public_path.exists():
-            raise SetupError(f"{public_path} exists without {private_path}; remove it or restore the pair")
+            raise SetupError(
+                f"{public_path} exists without {private_path}; remove it or restore the pair"
+            )
         private_key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_KEY_BITS)
         write_private(
             private_path,
@@ -170,7 +172,7 @@ def ask_admin_password() -> str:
     return password
 
 
-def _env_file(config_dir: Path) -> None:
+def _env_file(config_dir: Path, admin_password: str | None) -> None:
     env_path = config_dir / ".env"
     values = raw_values({"CONFIG_DIR": config_dir})
     existing = env_path.read_text() if env_path.exists() else ""
@@ -187,7 +189,7 @@ def _env_file(config_dir: Path) -> None:
     generated = {
         "SECRET_KEY": lambda: secrets.token_urlsafe(48),
         "REDIS_PASSWORD": lambda: secrets.token_urlsafe(32),
-        "ADMIN_PASSWORD_HASH": lambda: hash_password(ask_admin_password()),
+        "ADMIN_PASSWORD_HASH": lambda: hash_password(admin_password or ask_admin_password()),
     }
     for name, make in generated.items():
         if values.get(name):
@@ -209,10 +211,12 @@ def ensure_setup(config_dir: Path | None = None) -> Settings:
     """Make whatever is missing; returns the complete settings."""
     overrides = {"CONFIG_DIR": config_dir} if config_dir else None
     settings = load_settings(overrides, require_secrets=False)
+    # Asked first, so a refused password leaves nothing half made.
+    admin_password = None if settings.admin_password_hash else ask_admin_password()
     settings.config_dir.mkdir(parents=True, exist_ok=True)
     _tls_certificate(settings)
     _jwt_keys(settings)
-    _env_file(settings.config_dir)
+    _env_file(settings.config_dir, admin_password)
     return load_settings(overrides)
 
 

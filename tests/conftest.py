@@ -19,9 +19,30 @@ import pytest
 
 from infra.setup import ensure_setup
 from services.shared.schema import upgrade
+from services.shared.settings import PROJECT_DIR
 from tests.support.redis_server import RedisServer
+from tests.support.stack import Stack
 
 ADMIN_PASSWORD = "Admin-Passw0rd!"
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where tests leave files for people to see (screenshots): TEST_OUTPUT_DIR or ./test-output."""
+    directory = Path(os.environ.get("TEST_OUTPUT_DIR") or PROJECT_DIR / "test-output")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, output_dir: Path) -> Iterator[Stack]:
+    """nginx, Orthanc, Redis and the three services, started by `make up` on free ports."""
+    running = Stack.prepare(tmp_path_factory.mktemp("stack"), ADMIN_PASSWORD, output_dir)
+    running.up()
+    try:
+        yield running
+    finally:
+        running.down()
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +70,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def app_config(
-    config_dir: Path, redis_server: RedisServer, tmp_path: Path
-) -> dict[str, Any]:
+def app_config(config_dir: Path, redis_server: RedisServer, tmp_path: Path) -> dict[str, Any]:
     """Overrides for `create_app(config)`: a fresh SQLite database and Redis key prefix per test."""
     state_dir = tmp_path / "state"
     state_dir.mkdir()
@@ -73,7 +92,9 @@ def postgres_url() -> Iterator[str]:
     """A PostgreSQL database of this run's own on the machine's server (127.0.0.1:5432)."""
     import psycopg
 
-    admin_url = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    admin_url = os.environ.get(
+        "TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
     name = f"zhiva_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')

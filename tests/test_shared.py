@@ -23,8 +23,14 @@ POLICY = OriginPolicy(["https://*.zhiva.ai", "https://localhost:*", "https://vie
 
 @pytest.mark.parametrize(
     "origin",
-    ["https://app.zhiva.ai", "https://a.b.zhiva.ai", "https://localhost:3000",
-     "https://viewer.example.org", "https://viewer.example.org:443", "HTTPS://VIEWER.example.org"],
+    [
+        "https://app.zhiva.ai",
+        "https://a.b.zhiva.ai",
+        "https://localhost:3000",
+        "https://viewer.example.org",
+        "https://viewer.example.org:443",
+        "HTTPS://VIEWER.example.org",
+    ],
 )
 def test_allowed_origins(origin):
     assert POLICY.allows(origin)
@@ -32,21 +38,36 @@ def test_allowed_origins(origin):
 
 @pytest.mark.parametrize(
     "origin",
-    ["https://zhiva.ai", "https://evilzhiva.ai", "https://app.zhiva.ai.evil.com",
-     "http://app.zhiva.ai", "https://viewer.example.org:8443", "https://evil@viewer.example.org",
-     "//viewer.example.org", "javascript:alert(1)", "data:text/html,x", "", None,
-     "https://viewer.example.org\\@evil.com", "https://viewer.example.org%2eevil.com",
-     "null"],
+    [
+        "https://zhiva.ai",
+        "https://evilzhiva.ai",
+        "https://app.zhiva.ai.evil.com",
+        "http://app.zhiva.ai",
+        "https://viewer.example.org:8443",
+        "https://evil@viewer.example.org",
+        "//viewer.example.org",
+        "javascript:alert(1)",
+        "data:text/html,x",
+        "",
+        None,
+        "https://viewer.example.org\\@evil.com",
+        "https://viewer.example.org%2eevil.com",
+        "null",
+    ],
 )
 def test_refused_origins(origin):
     assert not POLICY.allows(origin)
 
 
 def test_parse_origin_drops_path_and_default_port():
-    assert str(parse_origin("https://Viewer.example.org:443/path?q=1")) == "https://viewer.example.org"
+    assert (
+        str(parse_origin("https://Viewer.example.org:443/path?q=1")) == "https://viewer.example.org"
+    )
 
 
-@pytest.mark.parametrize("password", ["", "short1!A", "alllowercase1!", "ALLUPPER1!", "NoDigits!!", "NoSpecial11"])
+@pytest.mark.parametrize(
+    "password", ["", "short1!A", "alllowercase1!", "ALLUPPER1!", "NoDigits!!", "NoSpecial11"]
+)
 def test_weak_passwords_refused(password):
     if password == "short1!A":
         assert weak_password_reason(password) is None  # 8 characters with every class is enough
@@ -68,7 +89,10 @@ def test_old_system_bcrypt_cost_10_hash_verifies():
 def test_token_round_trip_and_kind(codec):
     token, claims = codec.issue(TokenKind.ACCESS, IDENTITY, audience="https://app.zhiva.ai")
     assert codec.verify(token, TokenKind.ACCESS)["jti"] == claims["jti"]
-    assert codec.verify(token, TokenKind.ACCESS, origin="https://app.zhiva.ai")["aud"] == "https://app.zhiva.ai"
+    assert (
+        codec.verify(token, TokenKind.ACCESS, origin="https://app.zhiva.ai")["aud"]
+        == "https://app.zhiva.ai"
+    )
     with pytest.raises(TokenInvalid):
         codec.verify(token, TokenKind.REFRESH)
     with pytest.raises(TokenInvalid):

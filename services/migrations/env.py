@@ -1,6 +1,7 @@
 """Alembic environment: the database URL comes from the project's settings."""
 
 from alembic import context
+
 from services.shared.db import make_engine
 from services.shared.models import Base
 

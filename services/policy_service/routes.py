@@ -1,20 +1,226 @@
-"""Routes of the policy service: the Orthanc webhook and nginx's auth_request check."""
+"""The two endpoints of the policy service: the Orthanc webhook and nginx's auth_request check.
+
+Every request that reaches Orthanc passes one of them (issue 6), so they are
+served by a small WSGI layer in front of Flask rather than by Flask routes:
+Flask's request context, session and URL map would cost several times the
+decision itself. They only parse the request into an `AccessRequest`, ask the
+one decision function, write the audit line and shape the answer; every
+other path (`/healthz`, errors) is Flask's.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
 
-blueprint = Blueprint("policy", __name__)
+from .audit import AuditLog
+from .decision import AccessRequest, Decision, PolicyEngine
+from .permissions import split_query
+
+log = logging.getLogger("zhiva.policy")
+
+WEBHOOK_PATH = "/webhook"
+AUTHORIZE_PATH = "/authorize"
+WEBHOOK_METHODS = frozenset({"get", "post", "put", "delete"})
+WEBHOOK_LEVELS = {
+    "patient": "patients",
+    "study": "studies",
+    "series": "series",
+    "instance": "instances",
+}
+# The public prefix nginx puts in front of Orthanc (CONTRACT section 2).
+PACS_PREFIX = "/zhiva"
+MAX_BODY = 64 * 1024
+NOT_CACHED = [("Cache-Control", "no-store"), ("X-Accel-Expires", "0")]
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-@blueprint.post("/webhook")
-def orthanc_webhook():  # type: ignore[no-untyped-def]
-    # Fail closed until the decision function exists (issue 5).
-    return jsonify(granted=False, validity=0)
+def bearer(value: str | None) -> str | None:
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return None
 
 
-@blueprint.get("/authorize")
-def nginx_check():  # type: ignore[no-untyped-def]
-    has_token = bool(request.headers.get("Authorization") or request.headers.get("token")
-                     or request.args.get("token"))
-    return ("", 403) if has_token else ("", 401)
+def _string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def webhook_request(body: Any) -> AccessRequest | None:
+    """The access asked by an Orthanc Authorization plugin call, or None when malformed.
+
+    Official plugin: resource levels carry `orthanc-id`/`dicom-uid` and no
+    `uri`; then only a GET is a read, anything else needs an editor (what
+    Orthanc allows on one resource: modify, anonymize, delete). Our plugin
+    also sends `uri`, `origin` and `ip`, and the path table decides.
+    """
+    if not isinstance(body, dict):
+        return None
+    method, level = body.get("method"), body.get("level")
+    if method not in WEBHOOK_METHODS or (level != "system" and level not in WEBHOOK_LEVELS):
+        return None
+    uri = _string(body, "uri")
+    resource = _string(body, "orthanc-id") or _string(body, "dicom-uid")
+    if uri is None:
+        if level == "system" or resource is None:
+            return None
+        # `/` inside an identifier would make a different path: refuse it.
+        if "/" in resource or "%" in resource:
+            return None
+        uri = f"/{WEBHOOK_LEVELS[level]}/{resource}"
+        if method == "post":
+            uri += "/modify"  # the strictest POST on one resource a viewer could not do
+    token = None
+    if _string(body, "token-value") is not None:
+        token = bearer(body["token-value"]) or body["token-value"].strip()
+    return AccessRequest(
+        token=token,
+        method=method.upper(),
+        path=split_query(uri)[0],
+        origin=_string(body, "origin"),
+        client=_string(body, "ip"),
+        level=level,
+        resource=resource,
+        via="webhook",
+    )
+
+
+def nginx_request(environ: dict[str, Any]) -> AccessRequest | None:
+    """The access nginx asks about (X-Original-Method/-URI), or None when it is not a PACS path."""
+    method = (environ.get("HTTP_X_ORIGINAL_METHOD") or "").upper()
+    path, query = split_query(environ.get("HTTP_X_ORIGINAL_URI") or "")
+    # Only what nginx sends to Orthanc counts: strip the public prefix, refuse the rest.
+    if path.startswith(PACS_PREFIX + "/"):
+        path = path[len(PACS_PREFIX) :]
+    elif path == PACS_PREFIX:
+        path = "/"
+    else:
+        return None
+    token = environ.get("HTTP_TOKEN") or bearer(environ.get("HTTP_AUTHORIZATION"))
+    if not token and method == "GET" and query:
+        values = parse_qs(query).get("token")
+        token = values[0] if values else None
+    return AccessRequest(
+        token=token or None,
+        method=method,
+        path=path,
+        origin=environ.get("HTTP_ORIGIN") or None,
+        client=environ.get("HTTP_X_REAL_IP") or environ.get("REMOTE_ADDR"),
+        via="nginx",
+    )
+
+
+class DecisionEndpoints:
+    """WSGI middleware: answers POST /webhook and GET /authorize, passes the rest to Flask."""
+
+    def __init__(self, app: WSGIApp, engine: PolicyEngine, audit: AuditLog) -> None:
+        self.app = app
+        self.engine = engine
+        self.audit = audit
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
+        try:
+            if path == WEBHOOK_PATH and method == "POST":
+                return self.webhook(environ, start_response)
+            # Any method: what is judged is X-Original-Method, whatever the subrequest uses.
+            if path == AUTHORIZE_PATH:
+                return self.authorize(environ, start_response)
+        except Exception:  # noqa: BLE001 - fail closed; the client learns nothing internal
+            log.exception("policy endpoint %s failed: denying", path)
+            if path == WEBHOOK_PATH:
+                return _json(start_response, {"granted": False, "validity": 0})
+            return _empty(start_response, "403 Forbidden", NOT_CACHED)
+        return self.app(environ, start_response)
+
+    def decide(self, access: AccessRequest) -> Decision:
+        decision = self.engine.decide(access)
+        self.audit.record(access, decision)
+        return decision
+
+    def webhook(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """CONTRACT section 4: always 200 `{"granted": bool, "validity": seconds}`.
+
+        A grant also names the token's effective `role`, so our Orthanc plugin
+        can judge the same token's next requests with the same permission
+        table (it loads permissions.py) until `validity` runs out, instead of
+        one webhook call per new URI. The official plugin ignores the field.
+        """
+        access = webhook_request(_json_body(environ))
+        if access is None:
+            log.info("malformed webhook call refused")
+            return _json(start_response, {"granted": False, "validity": 0})
+        decision = self.decide(access)
+        if not decision.granted:
+            return _json(start_response, {"granted": False, "validity": 0})
+        answer: dict[str, Any] = {"granted": True, "validity": decision.validity}
+        if decision.role is not None and decision.validity > 0:
+            answer["role"] = decision.role.name.lower()
+        return _json(start_response, answer)
+
+    def authorize(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """nginx auth_request: 204 grant, 401 missing or expired token, 403 anything else.
+
+        `Cache-Control: max-age` and `X-Accel-Expires` say how long nginx may
+        reuse a grant (never past the token's expiry, a few seconds at most);
+        a deny is never to be reused.
+        """
+        access = nginx_request(environ)
+        if access is None:
+            decision = Decision(False, 403, "not a PACS path")
+            method = environ.get("HTTP_X_ORIGINAL_METHOD") or ""
+            self.audit.record(AccessRequest(None, method, "", via="nginx"), decision)
+        else:
+            decision = self.decide(access)
+        if decision.granted and decision.validity:
+            return _empty(
+                start_response,
+                "204 No Content",
+                [
+                    ("Cache-Control", f"private, max-age={decision.validity}"),
+                    # nginx's proxy_cache reads this one first (and skips `private` answers).
+                    ("X-Accel-Expires", str(decision.validity)),
+                ],
+            )
+        if decision.granted:
+            return _empty(start_response, "204 No Content", NOT_CACHED)
+        if decision.status == 401:
+            return _empty(
+                start_response,
+                "401 Unauthorized",
+                [*NOT_CACHED, ("WWW-Authenticate", 'Bearer realm="zhiva"')],
+            )
+        return _empty(start_response, "403 Forbidden", NOT_CACHED)
+
+
+def _json_body(environ: dict[str, Any]) -> Any:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    if not 0 < length <= MAX_BODY:
+        return None
+    try:
+        return json.loads(environ["wsgi.input"].read(length))
+    except ValueError:  # not JSON, not UTF-8
+        return None
+
+
+def _json(start_response: StartResponse, body: dict[str, Any]) -> list[bytes]:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
+    return [data]
+
+
+def _empty(
+    start_response: StartResponse, status: str, headers: list[tuple[str, str]]
+) -> list[bytes]:
+    start_response(status, [("Content-Length", "0"), *headers])
+    return []

@@ -60,7 +60,9 @@ def save_user(
 def authenticate(session: Session, username: str, password: str) -> User | None:
     """The enabled user with this password, or None; the same cost for every failure."""
     user = find_user(session, username) if isinstance(username, str) else None
-    valid = check_password(password if isinstance(password, str) else "", user.password_hash if user else None)
+    valid = check_password(
+        password if isinstance(password, str) else "", user.password_hash if user else None
+    )
     if not valid or user is None or user.disabled:
         return None
     return user

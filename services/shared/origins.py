@@ -62,24 +62,32 @@ class OriginPolicy:
 
     @staticmethod
     def _compile(pattern: str) -> re.Pattern[str]:
-        match = re.fullmatch(r"(https?)://([a-z0-9*.-]+)(?::(\d+|\*))?/?", pattern.strip().lower())
-        if not match:
-            raise ValueError(f"not an origin pattern: {pattern!r} (expected scheme://host[:port])")
-        scheme, host, port = match.groups()
-        host_re = r"\.".join(
-            rf"{_LABEL}(?:\.{_LABEL})*" if label == "*" else re.escape(label)
-            for label in host.split(".")
-        )
-        if port == "*":
-            port_re = r"\d+"
-        else:
-            port_re = str(int(port) if port else DEFAULT_PORTS[scheme])
-        return re.compile(rf"{scheme}://{host_re}:{port_re}")
+        return re.compile(origin_regex(pattern), re.IGNORECASE)
 
     def allows(self, origin: str | Origin | None) -> bool:
         parsed = origin if isinstance(origin, Origin) else parse_origin(origin)
         if parsed is None:
             return False
-        # Compare the parsed origin with its port spelled out, so :443 and no port are one.
-        canonical = f"{parsed.scheme}://{parsed.host}:{parsed.port}"
-        return any(rx.fullmatch(canonical) for rx in self._compiled)
+        return any(rx.fullmatch(str(parsed)) for rx in self._compiled)
+
+
+def origin_regex(pattern: str) -> str:
+    """A regular expression (Python and PCRE alike) for the `Origin` header values of `pattern`.
+
+    nginx's CORS map and `OriginPolicy.allows` both use it, so they agree.
+    """
+    match = re.fullmatch(r"(https?)://([a-z0-9*.-]+)(?::(\d+|\*))?/?", pattern.strip().lower())
+    if not match:
+        raise ValueError(f"not an origin pattern: {pattern!r} (expected scheme://host[:port])")
+    scheme, host, port = match.groups()
+    host_re = r"\.".join(
+        rf"{_LABEL}(?:\.{_LABEL})*" if label == "*" else re.escape(label)
+        for label in host.split(".")
+    )
+    if port == "*":
+        port_re = r"(?::\d{1,5})?"
+    elif port is None or int(port) == DEFAULT_PORTS[scheme]:
+        port_re = f"(?::{DEFAULT_PORTS[scheme]})?"
+    else:
+        port_re = f":{int(port)}"
+    return f"^{scheme}://{host_re}{port_re}$"

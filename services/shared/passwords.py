@@ -12,8 +12,9 @@ BCRYPT_ROUNDS = 12
 # bcrypt only reads the first 72 bytes; longer passwords are refused, not cut.
 MAX_PASSWORD_BYTES = 72
 
+# The rule as shown to users (not a password, whatever a linter guesses from the name).
 STRONG_PASSWORD_RULE = (
-    "The password needs at least 8 characters with an upper-case letter, "
+    "The password needs at least 8 characters with an upper-case letter, "  # noqa: S105
     "a lower-case letter, a digit and a special character"
 )
 

@@ -147,18 +147,24 @@ def raw_values(overrides: dict[str, Any] | None = None) -> dict[str, str]:
     env_file = config_dir / ".env"
     if env_file.exists():
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    names = set(DEFAULTS) | set(SECRET_NAMES) | {
-        "STATE_DIR",
-        "DATABASE_URL",
-        "ZHIVA_AUTH_ALLOWED_ORIGINS",
-    }
+    names = (
+        set(DEFAULTS)
+        | set(SECRET_NAMES)
+        | {
+            "STATE_DIR",
+            "DATABASE_URL",
+            "ZHIVA_AUTH_ALLOWED_ORIGINS",
+        }
+    )
     values.update({name: os.environ[name] for name in names if name in os.environ})
     values.update({k: str(v) for k, v in (overrides or {}).items()})
     values["CONFIG_DIR"] = str(config_dir)
     return values
 
 
-def load_settings(overrides: dict[str, Any] | None = None, *, require_secrets: bool = True) -> Settings:
+def load_settings(
+    overrides: dict[str, Any] | None = None, *, require_secrets: bool = True
+) -> Settings:
     values = raw_values(overrides)
     config_dir = Path(values["CONFIG_DIR"])
     state_dir = Path(values.get("STATE_DIR") or config_dir / "var")

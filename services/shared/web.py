@@ -66,7 +66,9 @@ def create_service_app(
         SESSION_COOKIE_NAME=f"zhiva_{service}",
         JSON_SORT_KEYS=False,
     )
-    app.config.update({k: v for k, v in (config or {}).items() if not k.isupper() or k in app.config})
+    app.config.update(
+        {k: v for k, v in (config or {}).items() if not k.isupper() or k in app.config}
+    )
     # nginx is the only client and overwrites X-Forwarded-For/-Proto with what it
     # saw, so exactly one proxy hop is trusted and outside spoofing is ignored.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
@@ -89,7 +91,10 @@ def _healthz():  # type: ignore[no-untyped-def]
     res = resources()
     checks = {"redis": res.revocations.ping(), "database": _database_ok(res.db)}
     status = 200 if all(checks.values()) else 503
-    body = {"service": current_app.config["SERVICE_NAME"], "status": "ok" if status == 200 else "degraded"}
+    body = {
+        "service": current_app.config["SERVICE_NAME"],
+        "status": "ok" if status == 200 else "degraded",
+    }
     return jsonify(**body, checks=checks), status
 
 

@@ -5,13 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
+from flask_wtf.csrf import CSRFProtect
 
-from services.shared.web import create_service_app
+from services.shared.cors import enable_cors
+from services.shared.web import Resources, create_service_app
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = create_service_app(__name__, "token", config, can_sign=True)
-    from .routes import blueprint
+    # The CSRF token (bound to the session) is the protection. The strict HTTPS
+    # Referer check is off because nginx decides what Host we see, and a Host
+    # without the port would refuse every form; SameSite=Lax cookies remain.
+    app.config.setdefault("WTF_CSRF_SSL_STRICT", False)
+    csrf = CSRFProtect(app)
 
+    from .routes import API_PATHS, API_VIEWS, blueprint
+
+    # The JSON API is for scripts and other origins' pages: no session, no CSRF
+    # token; browsers are held to the allowed origins instead (see routes).
+    for view in API_VIEWS:
+        csrf.exempt(view)
     app.register_blueprint(blueprint)
+    zhiva: Resources = app.extensions["zhiva"]
+    enable_cors(app, zhiva.origins, API_PATHS)
     return app

@@ -1,0 +1,53 @@
+# zhiva local PACS. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help up down status logs setup test test-fast lint compose system-packages system-packages-test
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+up: system-packages $(VENV)/.runtime setup ## set up what is missing, start the stack, print its URLs
+	@$(BIN)/python -m infra.stack up
+
+down: $(VENV)/.runtime ## stop every process of the stack (data stays)
+	@$(BIN)/python -m infra.stack down
+
+status: $(VENV)/.runtime ## one line per component: up/down and its address
+	@$(BIN)/python -m infra.stack status
+
+logs: $(VENV)/.runtime ## where the logs are, and their tails
+	@$(BIN)/python -m infra.stack logs
+
+setup: $(VENV)/.runtime ## make the TLS certificate, JWT keys and .env when missing (asks the admin password)
+	@$(BIN)/python -m infra.setup
+
+test: system-packages-test $(VENV)/.test ## the whole test suite, real components included
+	$(BIN)/pytest
+
+lint: $(VENV)/.test ## ruff on the code
+	$(BIN)/ruff check services infra tests
+
+compose: $(VENV)/.runtime ## render docker-compose.yml from the settings templates
+	@$(BIN)/python -m infra.render compose
+
+system-packages:
+	@infra/install-system-packages.sh
+
+system-packages-test:
+	@infra/install-system-packages.sh --test
+
+# The virtual environment is rebuilt when pyproject.toml changes.
+$(VENV)/.runtime: pyproject.toml
+	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing the Python packages into $(VENV)"
+	@$(BIN)/pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
+	@echo "installing the test packages into $(VENV)"
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@

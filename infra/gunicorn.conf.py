@@ -1,0 +1,26 @@
+"""gunicorn settings shared by the three services (workers are set per service by supervisord)."""
+
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+worker_class = "gthread"
+workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
+# bcrypt and Redis calls release the GIL: threads keep a worker busy while one waits.
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# One copy of the code in the master, shared by the workers (memory).
+preload_app = True
+# A master killed with SIGKILL leaves its workers holding the port for a moment;
+# SO_REUSEPORT lets the master supervisord starts next bind at once.
+reuse_port = True
+# gunicorn 27's control socket defaults to one path per user: three services
+# (and several stacks) would fight over it, and nothing here uses it.
+control_socket_disable = True
+timeout = 30
+graceful_timeout = 10
+keepalive = 30
+
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+# %(U)s is the path without the query string: a token in `?token=` never reaches a log.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'

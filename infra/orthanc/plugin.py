@@ -1,0 +1,310 @@
+"""Orthanc-side authorization: every request to Orthanc's HTTP port asks the policy webhook.
+
+Loaded by orthanc-python (Debian's system Python 3.11, standard library
+only). For each incoming request the filter finds the token (GET argument
+`token` on GET requests, header `token`, `Authorization: Bearer`), maps the
+URI to a level and identifiers the way the official Authorization plugin does,
+and POSTs CONTRACT section 4's JSON to the policy service's webhook, adding
+`uri`, `origin` and `ip` so the service judges the exact path. A grant is
+cached for its `validity` (never past the token's `exp`); a slow, absent or
+nonsensical webhook is a deny. Static Orthanc Explorer files pass unchecked.
+
+Configuration, section "ZhivaAuthorization" of Orthanc's JSON:
+  WebhookUrl      http://127.0.0.1:PORT/webhook (required: without it, every
+                  checked request is denied)
+  TimeoutSeconds  webhook timeout, default 2
+  MaxValidity     upper bound on a cached grant in seconds, default 2
+  CacheEntries    cached answers kept, default 20000
+  PermissionsModule  the policy service's permissions.py (standard library only),
+                  default ../../services/policy_service/permissions.py from this file
+
+Two caches, both bounded by `validity` and the token's `exp`: answers by
+(token, origin, method, uri, query), and, when the webhook names the token's
+`role` and the permission table could be loaded, the role by (token, origin):
+then the token's next requests are judged here with the service's own table
+(one webhook call per token every few seconds, not one per new URI). A
+request the cached role does not allow still goes to the webhook.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import importlib.util
+import json
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from urllib.parse import urlsplit
+
+import orthanc
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_PERMISSIONS = os.path.join(_HERE, "..", "..", "services", "policy_service", "permissions.py")
+# Added to Orthanc Explorer: sends the `?token=` of the page with every request.
+EXPLORER_JS = os.path.join(_HERE, "explorer.js")
+
+_METHODS = {
+    orthanc.HttpMethod.GET: "get",
+    orthanc.HttpMethod.POST: "post",
+    orthanc.HttpMethod.PUT: "put",
+    orthanc.HttpMethod.DELETE: "delete",
+}
+# Static Explorer files: plain names only, so no spelling of another route passes.
+_STATIC = re.compile(r"^/app/[A-Za-z0-9_-][A-Za-z0-9._/-]*$")
+_STATIC_EXACT = frozenset({"/plugins/explorer.js", "/app/explorer.html"})
+_ORTHANC_RESOURCE = re.compile(r"^/(patients|studies|series|instances)/([0-9a-fA-F-]+)(?:/|$)")
+_LEVEL_OF = {"patients": "patient", "studies": "study", "series": "series", "instances": "instance"}
+_QIDO_UIDS = (  # (level, GET arguments that name it), most specific first
+    ("instance", ("SOPInstanceUID", "00080018")),
+    ("series", ("SeriesInstanceUID", "0020000E", "0020000e")),
+    ("study", ("StudyInstanceUID", "0020000D", "0020000d")),
+)
+
+
+def _log(message: str) -> None:
+    orthanc.LogWarning("ZhivaAuthorization: " + message)
+
+
+def load_permissions(path: str):
+    """The policy service's permission table, or None (then every new URI asks the webhook)."""
+    try:
+        spec = importlib.util.spec_from_file_location("zhiva_permissions", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.required_role("GET", "/system")  # fails here, not on a request, if it is wrong
+        return module
+    except Exception as error:  # noqa: BLE001 - the plugin still works, only slower
+        _log(f"permission table {path} not loaded ({error!r}): every new URI asks the webhook")
+        return None
+
+
+class Settings:
+    def __init__(self, configuration: dict) -> None:
+        section = configuration.get("ZhivaAuthorization") or {}
+        self.url = section.get("WebhookUrl") or ""
+        self.timeout = float(section.get("TimeoutSeconds", 2))
+        self.max_validity = float(section.get("MaxValidity", 2))
+        self.cache_entries = int(section.get("CacheEntries", 20000))
+        self.permissions = load_permissions(section.get("PermissionsModule") or _PERMISSIONS)
+        root = ((configuration.get("DicomWeb") or {}).get("Root") or "/dicom-web/").rstrip("/")
+        self.dicomweb = re.compile(
+            "^" + re.escape(root) + r"/studies(?:/([^/]+)(?:/series(?:/([^/]+)"
+            r"(?:/instances(?:/([^/]+))?)?)?)?)?(?:/|$)"
+        )
+        self.qido = re.compile("^" + re.escape(root) + r"/(studies|series|instances)/?$")
+        parts = urlsplit(self.url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or 80
+        self.path = parts.path or "/"
+        if parts.scheme != "http" or not self.host:
+            _log(f"WebhookUrl {self.url!r} is not an http:// URL: every request will be denied")
+            self.host = ""
+
+
+class Webhook:
+    """One keep-alive connection per Orthanc HTTP thread; any failure is a deny."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection(
+                self.settings.host, self.settings.port, timeout=self.settings.timeout
+            )
+            self._local.connection = connection
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            connection.close()
+
+    def ask(self, body: dict) -> tuple[bool, float, str | None]:
+        """(granted, validity, role); a deny unless the answer is exactly what CONTRACT §4 says."""
+        denied = (False, 0.0, None)
+        if not self.settings.host:
+            return denied
+        payload = json.dumps(body).encode()
+        deadline = time.monotonic() + self.settings.timeout
+        for attempt in (1, 2):
+            try:
+                connection = self._connection()
+                connection.request(
+                    "POST", self.settings.path, payload, {"Content-Type": "application/json"}
+                )
+                response = connection.getresponse()
+                raw = response.read(65536)
+                if response.will_close:
+                    self._drop()
+                break
+            except (OSError, http.client.HTTPException) as error:
+                self._drop()
+                # A kept-alive connection the server closed meanwhile: one fresh try.
+                if attempt == 2 or time.monotonic() >= deadline or isinstance(error, TimeoutError):
+                    _log(f"webhook unreachable ({error.__class__.__name__}): denying")
+                    return denied
+        if response.status != 200:
+            _log(f"webhook answered HTTP {response.status}: denying")
+            return denied
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            _log("webhook answered something that is not JSON: denying")
+            return denied
+        if not isinstance(answer, dict) or answer.get("granted") is not True:
+            return denied
+        validity = answer.get("validity")
+        if isinstance(validity, bool) or not isinstance(validity, int | float) or validity < 0:
+            _log("webhook answered a grant without a valid validity: denying")
+            return denied
+        role = answer.get("role")
+        return True, float(validity), role if role in ("viewer", "editor", "admin") else None
+
+
+class Cache:
+    """Values with deadlines: grants by (token, origin, method, uri, query), roles by
+    (token, origin)."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, now: float):
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= now:
+                del self._data[key]
+                return None
+            return entry[1]
+
+    def put(self, key: tuple, value, deadline: float) -> None:
+        with self._lock:
+            self._data[key] = (deadline, value)
+            while len(self._data) > self.entries:
+                self._data.popitem(last=False)
+
+
+def token_expiry(token: str) -> float | None:
+    """The `exp` claim read without verifying: only ever used to shorten a cache entry."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp")
+        return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    except (IndexError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def find_token(method: str, headers: dict, get: dict) -> tuple[str | None, str | None]:
+    """(token-key, token-value) per CONTRACT section 4, or (None, None)."""
+    value = headers.get("token")
+    if value:
+        return "token", value.strip()
+    authorization = headers.get("authorization") or ""
+    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
+        return "authorization", authorization[7:].strip()
+    if method == "get" and get.get("token"):
+        return "token", str(get["token"]).strip()
+    return None, None
+
+
+def resource_of(settings: Settings, uri: str, get: dict) -> dict:
+    """Level and identifiers like the official plugin: Orthanc ids, DICOMweb UIDs, QIDO filters."""
+    match = _ORTHANC_RESOURCE.match(uri)
+    if match:
+        return {"level": _LEVEL_OF[match.group(1)], "orthanc-id": match.group(2)}
+    match = settings.dicomweb.match(uri)
+    if match and match.group(1):
+        study, series, instance = match.groups()
+        if instance:
+            return {"level": "instance", "dicom-uid": instance}
+        if series:
+            return {"level": "series", "dicom-uid": series}
+        return {"level": "study", "dicom-uid": study}
+    if settings.qido.match(uri):
+        for level, names in _QIDO_UIDS:
+            for name in names:
+                if get.get(name):
+                    return {"level": level, "dicom-uid": str(get[name])}
+    return {"level": "system"}
+
+
+class Authorizer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.webhook = Webhook(settings)
+        self.cache = Cache(settings.cache_entries)
+        self.roles = Cache(settings.cache_entries)
+
+    def __call__(self, uri: str, **request) -> bool:
+        try:
+            return self.check(uri, request)
+        except Exception as error:  # noqa: BLE001 - fail closed; Orthanc answers 403
+            _log(f"filter error ({error.__class__.__name__}): denying")
+            return False
+
+    def check(self, uri: str, request: dict) -> bool:
+        method = _METHODS.get(request.get("method"))
+        if method is None:
+            return False
+        if method == "get" and (uri in _STATIC_EXACT or (_STATIC.match(uri) and ".." not in uri)):
+            return True
+        headers = request.get("headers") or {}
+        get = request.get("get") or {}
+        key_name, token = find_token(method, headers, get)
+        if not token:
+            return False  # every route but the static files needs a token (CONTRACT §4)
+        origin = headers.get("origin")
+        query = tuple(sorted(get.items())) if method == "get" else ()
+        key = (token, origin, method, uri, query)
+        now = time.time()
+        if self.cache.get(key, now):
+            return True
+        table = self.settings.permissions
+        if table is not None:
+            role = self.roles.get((token, origin), now)
+            if role is not None and table.required_role(method.upper(), uri) <= role:
+                return True
+        body = {
+            "method": method,
+            **resource_of(self.settings, uri, get),
+            "uri": uri,
+            "token-key": key_name,
+            "token-value": token,
+        }
+        if origin:
+            body["origin"] = origin
+        if request.get("ip"):
+            body["ip"] = request["ip"]
+        granted, validity, role = self.webhook.ask(body)
+        if granted:
+            deadline = now + min(validity, self.settings.max_validity)
+            expiry = token_expiry(token)
+            if expiry is not None:
+                deadline = min(deadline, expiry)
+            if deadline > now:
+                self.cache.put(key, True, deadline)
+                if role is not None and table is not None:
+                    self.roles.put((token, origin), table.Role[role.upper()], deadline)
+        return granted
+
+
+def _install() -> None:
+    settings = Settings(json.loads(orthanc.GetConfiguration()))
+    orthanc.RegisterIncomingHttpRequestFilter(Authorizer(settings))
+    with open(EXPLORER_JS, encoding="utf-8") as script:
+        orthanc.ExtendOrthancExplorer(script.read())
+    _log(f"requests are checked by {settings.url or 'nobody (denying all)'}")
+
+
+_install()

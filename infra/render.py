@@ -1,0 +1,213 @@
+"""Render the stack's configuration from one settings source.
+
+nginx, Orthanc, Redis and supervisord configuration for the native stack go to
+`STATE_DIR/conf/`; `docker-compose.yml` (the same topology as containers) is
+rendered from the same settings into the project directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from services.shared.origins import origin_regex
+from services.shared.settings import DEFAULTS, PROJECT_DIR, Settings, load_settings
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+PLUGIN_SCRIPT = Path(__file__).resolve().parent / "orthanc" / "plugin.py"
+VENV_BIN = PROJECT_DIR / ".venv" / "bin"
+# Knobs passed to every program, so services see what `make up` was given.
+PASSED_KNOBS = ("HTTPS_PORT", "DICOM_PORT", "BIND_ADDRESS", "PUBLIC_HOST", "DATABASE_URL")
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: str
+    priority: int
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 15
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the stack keeps its files under STATE_DIR."""
+
+    state_dir: Path
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.state_dir / "conf"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.state_dir / "nginx"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.conf_dir / "supervisord.conf"
+
+    def make_dirs(self) -> None:
+        for directory in (
+            self.conf_dir,
+            self.run_dir,
+            self.log_dir,
+            self.nginx_dir,
+            self.state_dir / "redis",
+            self.state_dir / "orthanc" / "storage",
+            self.state_dir / "orthanc" / "index",
+        ):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _gunicorn(service: str, port: int, workers: int) -> str:
+    return (
+        f"{VENV_BIN / 'gunicorn'} -c {PROJECT_DIR / 'infra' / 'gunicorn.conf.py'} "
+        f"--bind 127.0.0.1:{port} --workers {workers} --name zhiva-{service} "
+        f"'services.{service}_service:create_app()'"
+    )
+
+
+def programs(settings: Settings) -> list[Program]:
+    layout = Layout(settings.state_dir)
+    cores = os.cpu_count() or 2
+    return [
+        Program(
+            "redis",
+            f"redis-server {layout.conf_dir / 'redis.conf'}",
+            10,
+            address=f"127.0.0.1:{settings.redis_port}",
+        ),
+        Program(
+            "orthanc",
+            f"/usr/sbin/Orthanc {layout.conf_dir / 'orthanc.json'}",
+            20,
+            stopwaitsecs=30,
+            address=f"http://127.0.0.1:{settings.orthanc_http_port}, "
+            f"DICOM TLS port {settings.dicom_port}",
+        ),
+        # The policy service answers every Orthanc request: one worker per core.
+        Program(
+            "policy",
+            _gunicorn("policy", settings.policy_service_port, cores),
+            30,
+            address=f"http://127.0.0.1:{settings.policy_service_port}",
+        ),
+        Program(
+            "token",
+            _gunicorn("token", settings.token_service_port, 1),
+            30,
+            address=f"http://127.0.0.1:{settings.token_service_port}",
+        ),
+        Program(
+            "login",
+            _gunicorn("login", settings.login_service_port, 1),
+            30,
+            address=f"http://127.0.0.1:{settings.login_service_port}",
+        ),
+        Program(
+            "nginx",
+            f"nginx -p {layout.nginx_dir} -c {layout.conf_dir / 'nginx.conf'} "
+            f"-e {layout.log_dir / 'nginx-error.log'} -g 'daemon off;'",
+            40,
+            stopsignal="QUIT",
+            address=f"{settings.public_base_url} (listening on {settings.bind_address})",
+        ),
+    ]
+
+
+def _environment(settings: Settings) -> str:
+    values = {"CONFIG_DIR": str(settings.config_dir), "STATE_DIR": str(settings.state_dir)}
+    values.update({name: os.environ[name] for name in PASSED_KNOBS if os.environ.get(name)})
+    # supervisord's syntax: KEY="value",KEY2="value2"; `%` must be doubled.
+    return ",".join(f'{key}="{value.replace("%", "%%")}"' for key, value in sorted(values.items()))
+
+
+def _jinja() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - configuration files, not HTML
+    )
+
+
+def render_native(settings: Settings) -> Layout:
+    """Write nginx.conf, orthanc.json, redis.conf and supervisord.conf under STATE_DIR/conf."""
+    layout = Layout(settings.state_dir)
+    layout.make_dirs()
+    running_as_root = os.geteuid() == 0
+    context = {
+        "settings": settings,
+        "state_dir": str(settings.state_dir),
+        "run_dir": layout.run_dir,
+        "log_dir": layout.log_dir,
+        "nginx_dir": layout.nginx_dir,
+        "project_dir": PROJECT_DIR,
+        "plugin_script": str(PLUGIN_SCRIPT),
+        "listen_address": settings.bind_address
+        if ":" not in settings.bind_address
+        else f"[{settings.bind_address}]",
+        "nginx_workers": os.cpu_count() or 2,
+        # nginx started as root would hand its workers to `nobody`, who cannot reach
+        # STATE_DIR (often under a 0700 home) for request-body temp files; the stack
+        # runs every process as the user who ran `make up`, so nginx's workers too.
+        "nginx_user": "root root" if running_as_root else "",
+        "origin_regexes": [origin_regex(p) for p in settings.origin_patterns],
+        "programs": programs(settings),
+        "environment": _environment(settings),
+        "stack_id": hashlib.sha256(str(settings.state_dir).encode()).hexdigest()[:8],
+    }
+    environment = _jinja()
+    for template, name, secret in (
+        ("nginx.conf.j2", "nginx.conf", False),
+        ("orthanc.json.j2", "orthanc.json", False),
+        ("redis.conf.j2", "redis.conf", True),
+        ("supervisord.conf.j2", "supervisord.conf", False),
+    ):
+        text = environment.get_template(template).render(**context)
+        target = layout.conf_dir / name
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    return layout
+
+
+def render_compose(settings: Settings) -> str:
+    return _jinja().get_template("docker-compose.yml.j2").render(settings=settings)
+
+
+COMPOSE_FILE = PROJECT_DIR / "docker-compose.yml"
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["compose"]:
+        # Rendered with the defaults only, so the committed file does not depend on a local .env.
+        defaults = {**DEFAULTS, "CONFIG_DIR": "/config", "STATE_DIR": "/var/lib/zhiva"}
+        settings = load_settings(defaults, require_secrets=False)
+        COMPOSE_FILE.write_text(render_compose(settings))
+        print(f"wrote {COMPOSE_FILE}")
+        return 0
+    layout = render_native(load_settings())
+    print(f"wrote {shlex.quote(str(layout.conf_dir))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

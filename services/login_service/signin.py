@@ -1,0 +1,180 @@
+"""The sign-in decisions, free of Flask: where the browser may go back to, and who signed in.
+
+Routes parse the request and shape the answer; everything that decides
+(return address, throttling, credentials, the redirect URL) lives here and
+raises the domain errors below, which the routes turn into HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy.orm import Session
+
+from services.shared.accounts import authenticate, identity
+from services.shared.models import normalise_username
+from services.shared.origins import Origin, OriginPolicy, parse_origin
+from services.shared.throttle import Throttle
+from services.shared.tokens import Identity
+
+MAX_RETURN_URI_LENGTH = 2048
+MAX_RESPONSE_TYPE_LENGTH = 4096
+RESPONSE_TYPE = "authToken"
+STATE_CONTEXT = "zhiva_auth"
+# Query parameters we write into the return address; any the caller brought along
+# are dropped, so a crafted link cannot plant its own token before ours.
+OWN_PARAMETERS = ("token", "state")
+
+
+class SignInError(Exception):
+    """Base of the sign-in domain errors; the message is safe to show."""
+
+
+class BadReturnUri(SignInError):
+    """The return address is missing, malformed or not on an allowed origin."""
+
+    def __init__(self, origin: Origin | None = None) -> None:
+        super().__init__("The return address of this sign-in link is missing or not allowed")
+        # An admin configuring a new viewer domain needs to know which origin to allow.
+        self.origin = origin
+
+
+class BadResponseType(SignInError):
+    def __init__(self) -> None:
+        super().__init__("The response_type of this sign-in link is not valid")
+
+
+class SignInFailed(SignInError):
+    """Unknown user, wrong password, disabled user: one message for all of them."""
+
+    def __init__(self) -> None:
+        super().__init__("Invalid username or password")
+
+
+class TooManyAttempts(SignInError):
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, -(-retry_after // 60))
+        super().__init__(
+            f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+        )
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ReturnUri:
+    """A checked return address: an absolute https URL on an allowed origin."""
+
+    url: str
+    origin: Origin
+
+    @property
+    def audience(self) -> str:
+        return str(self.origin)
+
+
+def check_return_uri(raw: object, policy: OriginPolicy) -> ReturnUri:
+    """The return address when it is safe to redirect to, else BadReturnUri.
+
+    parse_origin already refuses user-info, backslashes, whitespace and control
+    characters (browsers strip or reinterpret those, so the origin we check and
+    the one the browser goes to could differ); here https and the policy are required.
+    """
+    if not isinstance(raw, str) or len(raw) > MAX_RETURN_URI_LENGTH:
+        raise BadReturnUri()
+    origin = parse_origin(raw)
+    if origin is None or origin.scheme != "https" or not raw[:8].lower() == "https://":
+        raise BadReturnUri()
+    if not policy.allows(origin):
+        raise BadReturnUri(origin)
+    return ReturnUri(raw, origin)
+
+
+def parse_response_type(raw: object) -> dict[str, Any]:
+    """The viewer's `returnParams` from `response_type` (absent: none), else BadResponseType."""
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str) or len(raw) > MAX_RESPONSE_TYPE_LENGTH:
+        raise BadResponseType()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadResponseType() from None
+    if not isinstance(value, dict) or value.get("type") != RESPONSE_TYPE:
+        raise BadResponseType()
+    params = value.get("returnParams", {})
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadResponseType()
+    return params
+
+
+def redirect_location(return_uri: ReturnUri, token: str, return_params: dict[str, Any]) -> str:
+    """`return_uri?token=…&state=…` (CONTRACT section 2), keeping the address's own query.
+
+    The state is JSON `{"context":"zhiva_auth","state":"","params":returnParams}`;
+    every parameter is percent-encoded (spaces as %20), the fragment stays last.
+    """
+    parts = urlsplit(return_uri.url)
+    kept = [
+        (name, value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if name not in OWN_PARAMETERS
+    ]
+    state = json.dumps(
+        {"context": STATE_CONTEXT, "state": "", "params": return_params}, separators=(",", ":")
+    )
+    query = urlencode([*kept, ("token", token), ("state", state)], quote_via=quote)
+    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path, query, parts.fragment))
+
+
+def throttle_keys(username: object, client_address: str | None) -> tuple[list[str], list[str]]:
+    """The per-username and per-client counter keys of one attempt."""
+    user_keys: list[str] = []
+    if isinstance(username, str) and username:
+        # Hash what cannot be a username, so junk input cannot make long Redis keys.
+        normalised = normalise_username(username)
+        name = normalised or "x-" + hashlib.sha256(username.encode()).hexdigest()[:32]
+        user_keys.append(f"user:{name}")
+    address_keys = [f"addr:{client_address or 'unknown'}"]
+    return user_keys, address_keys
+
+
+@dataclass
+class SignIn:
+    """Checks credentials with brute-force throttling per username and per client address."""
+
+    user_throttle: Throttle
+    address_throttle: Throttle
+
+    def authenticate(
+        self, session: Session, username: object, password: object, client_address: str | None
+    ) -> Identity:
+        user_keys, address_keys = throttle_keys(username, client_address)
+        # A blocked key refuses even the right password: otherwise guessing would go on.
+        wait = max(
+            self.user_throttle.retry_after(*user_keys),
+            self.address_throttle.retry_after(*address_keys),
+        )
+        if wait:
+            raise TooManyAttempts(wait)
+        user = authenticate(
+            session,
+            username if isinstance(username, str) else "",
+            password if isinstance(password, str) else "",
+        )
+        if user is None:
+            failures = max(
+                self.user_throttle.failed(*user_keys) if user_keys else 0,
+                self.address_throttle.failed(*address_keys),
+            )
+            self.user_throttle.slow_down(failures)
+            raise SignInFailed()
+        # Only the username's counter is cleared: clearing the address's would let one
+        # valid account reset the counter of a client guessing at other accounts.
+        self.user_throttle.clear(*user_keys)
+        return identity(user)

@@ -1,0 +1,249 @@
+"""The one access decision behind the Orthanc webhook and nginx's auth_request.
+
+`PolicyEngine.decide()` starts from "deny" and grants only when every check
+passed: token kind (access, or an auth token not yet redeemed), signature,
+expiry, origin binding, revocation (Redis), the user still enabled with the
+token's generation, and the role against the permission table. Any exception
+is a deny, logged.
+
+Every request that reaches Orthanc passes here, so the expensive parts are
+cached in-process, each for less than the 5 seconds a revocation may take:
+token verification by (token, origin) until the token's expiry, a "not
+revoked" answer for REVOCATION_CACHE_SECONDS, a user's state for
+USER_CACHE_SECONDS. Callers may cache a grant for `validity` seconds on top,
+so the worst delay is USER_CACHE_SECONDS + MAX_VALIDITY_SECONDS.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from services.shared.accounts import find_user
+from services.shared.db import Database
+from services.shared.revocation import RevocationStore, StoreUnavailable
+from services.shared.tokens import (
+    TokenCodec,
+    TokenExpired,
+    TokenInvalid,
+    TokenKind,
+    TokenMissing,
+)
+
+from .permissions import Role, required_role, role_of
+
+log = logging.getLogger("zhiva.policy")
+
+# How long a caller (Orthanc plugin, nginx) may reuse a grant.
+MAX_VALIDITY_SECONDS = 2
+USER_CACHE_SECONDS = 2.0
+REVOCATION_CACHE_SECONDS = 1.0
+CACHE_ENTRIES = 20_000
+# Tokens are about 1 KB each: this bounds the verification cache to a few MB.
+TOKEN_CACHE_ENTRIES = 4_096
+PACS_TOKEN_KINDS = (TokenKind.ACCESS, TokenKind.AUTH)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TTLCache(Generic[K, V]):
+    """A small LRU dictionary whose entries carry their own deadline (the engine's clock)."""
+
+    def __init__(self, max_entries: int = CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K, now: float) -> V | None:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= now:
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: K, value: V, deadline: float) -> None:
+        with self._lock:
+            self._data[key] = (deadline, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """What is asked: who (token, origin, address), which method on which Orthanc path."""
+
+    token: str | None
+    method: str
+    path: str  # Orthanc-relative path, raw (percent-encoded), without the query
+    origin: str | None = None
+    client: str | None = None
+    level: str = "system"
+    resource: str | None = None
+    via: str = "webhook"
+
+
+@dataclass(frozen=True)
+class Decision:
+    granted: bool
+    status: int  # 200 grant, 401 missing/expired token, 403 anything else
+    reason: str
+    validity: int = 0
+    user: str | None = None
+    jti: str | None = None
+    required: Role | None = None
+    # The token's effective role, on grants: lets a caller judge the token's next
+    # requests itself, with the same table, for `validity` seconds.
+    role: Role | None = None
+
+
+@dataclass(frozen=True)
+class UserState:
+    exists: bool
+    disabled: bool
+    generation: int
+    can_edit: bool
+    is_admin: bool
+
+
+_NO_USER = UserState(False, True, -1, False, False)
+
+
+class PolicyEngine:
+    def __init__(
+        self,
+        codec: TokenCodec,
+        revocations: RevocationStore,
+        db: Database,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.codec = codec
+        self.revocations = revocations
+        self.db = db
+        self.clock = clock
+        # Claims of a valid token, or the reason it was refused ("expired" or the invalid reason).
+        self._tokens: TTLCache[tuple[str, str | None], dict[str, Any] | tuple[str, str]] = TTLCache(
+            TOKEN_CACHE_ENTRIES
+        )
+        self._not_revoked: TTLCache[str, bool] = TTLCache()
+        self._users: TTLCache[str, UserState] = TTLCache()
+
+    def clear_caches(self) -> None:
+        for cache in (self._tokens, self._not_revoked, self._users):
+            cache.clear()
+
+    def decide(self, request: AccessRequest) -> Decision:
+        """Grant only after every check passed; every failure, expected or not, is a deny."""
+        try:
+            return self._decide(request)
+        except StoreUnavailable:
+            log.error("redis unavailable: denying %s %s", request.method, request.path)
+            return Decision(False, 403, "token store unavailable")
+        except Exception:  # noqa: BLE001 - fail closed, with the traceback in the log
+            log.exception("policy decision failed: denying %s %s", request.method, request.path)
+            return Decision(False, 403, "internal error")
+
+    def _decide(self, request: AccessRequest) -> Decision:
+        required = required_role(request.method, request.path)
+        if required is Role.NONE:
+            return Decision(True, 200, "static file", MAX_VALIDITY_SECONDS, required=required)
+
+        now = self.clock()
+        try:
+            claims = self._verify(request.token, request.origin, now)
+        except TokenMissing:
+            return Decision(False, 401, "missing token", required=required)
+        except TokenExpired:
+            return Decision(False, 401, "token expired", required=required)
+        except TokenInvalid as error:
+            return Decision(False, 403, f"invalid token: {error.reason}", required=required)
+
+        user, jti = claims["username"], claims["jti"]
+
+        def deny(reason: str) -> Decision:
+            return Decision(False, 403, reason, user=user, jti=jti, required=required)
+
+        if required is Role.NOBODY:
+            return deny("route refused for every token")
+        if self._revoked(jti, now):
+            used = claims["kind"] == TokenKind.AUTH.value
+            return deny("auth token already redeemed" if used else "token revoked")
+        state = self._user_state(user, now)
+        if not state.exists:
+            return deny("user unknown")
+        if state.disabled:
+            return deny("user disabled")
+        if state.generation != claims["gen"]:
+            return deny("token revoked (generation)")
+        # The smaller of what the token says and what the user is now: a demotion bites at once.
+        role = min(
+            role_of(claims["canEditResource"], claims["isAdmin"]),
+            role_of(state.can_edit, state.is_admin),
+        )
+        if role < required:
+            return deny(f"needs {required.name.lower()}, token is {role.name.lower()}")
+        validity = max(0, min(MAX_VALIDITY_SECONDS, int(claims["exp"] - now)))
+        return Decision(
+            True, 200, "granted", validity, user=user, jti=jti, required=required, role=role
+        )
+
+    def _verify(self, token: str | None, origin: str | None, now: float) -> dict[str, Any]:
+        if not token:
+            raise TokenMissing()
+        key = (token, origin or None)
+        cached = self._tokens.get(key, now)
+        if cached is None:
+            try:
+                claims = self.codec.verify(token, PACS_TOKEN_KINDS, origin=origin or None)
+            except TokenExpired:
+                self._tokens.put(key, ("expired", ""), now + 3600)
+                raise
+            except TokenInvalid as error:
+                # A forged token stays forged: remembering it spares the RSA check.
+                self._tokens.put(key, ("invalid", error.reason), now + 60)
+                raise
+            if claims["exp"] > now:
+                self._tokens.put(key, claims, float(claims["exp"]))
+            return claims
+        if isinstance(cached, tuple):
+            # A new exception each time: re-raising one object would grow its traceback.
+            raise TokenExpired() if cached[0] == "expired" else TokenInvalid(cached[1])
+        return cached
+
+    def _revoked(self, jti: str, now: float) -> bool:
+        if self._not_revoked.get(jti, now):
+            return False
+        if self.revocations.is_revoked(jti):
+            return True
+        self._not_revoked.put(jti, True, now + REVOCATION_CACHE_SECONDS)
+        return False
+
+    def _user_state(self, username: str, now: float) -> UserState:
+        state = self._users.get(username, now)
+        if state is None:
+            with self.db.session() as session:
+                user = find_user(session, username)
+                state = (
+                    _NO_USER
+                    if user is None
+                    else UserState(
+                        True, user.disabled, user.token_generation, user.can_edit, user.is_admin
+                    )
+                )
+            self._users.put(username, state, now + USER_CACHE_SECONDS)
+        return state

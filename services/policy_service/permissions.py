@@ -1,0 +1,177 @@
+"""The permission table of CONTRACT section 5 over normalised Orthanc paths.
+
+Plain standard library on purpose: no Flask, no project imports, so the
+table can be read (and tested) without a running service.
+
+A request is judged on every reading of its path that a server on the way
+might make (decoded and dot-resolved like nginx, split on raw slashes and kept
+literal like a server that does not resolve dot segments, any case), and the
+strictest reading wins: no spelling of a write route passes as a read.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from urllib.parse import unquote
+
+
+class Role(enum.IntEnum):
+    """What a request needs; a token's role must be at least this."""
+
+    NONE = 0  # static Explorer files: no token needed
+    VIEWER = 1
+    EDITOR = 2
+    ADMIN = 3
+    NOBODY = 99  # refused for every token
+
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
+MAX_PATH_LENGTH = 4096
+
+RESOURCE_LEVELS = frozenset({"patients", "studies", "series", "instances"})
+# DICOMweb roots: ours (`/pacs/`, CONTRACT section 2) and the plugin's default.
+DICOMWEB_ROOTS = frozenset({"pacs", "dicom-web"})
+
+# Static Orthanc Explorer files (CONTRACT section 4): GET without a token.
+STATIC_PREFIXES = ("/app/",)
+STATIC_PATHS = frozenset({"/plugins/explorer.js", "/app", "/"})
+
+# Routes that run code: refused for every token, whatever the method.
+FORBIDDEN_PREFIXES = ("/tools/execute-script",)
+
+# Read-only POSTs that Orthanc Explorer and archive downloads need.
+READ_POSTS = frozenset(
+    {
+        "/tools/find",
+        "/tools/lookup",
+        "/tools/create-archive",
+        "/tools/create-media",
+        "/tools/create-media-extended",
+    }
+)
+READ_POST_ACTIONS = frozenset({"archive", "media"})  # /{level}/{id}/archive
+EDIT_POST_ACTIONS = frozenset({"modify", "anonymize", "merge", "split", "reconstruct"})
+EDIT_POSTS = frozenset(
+    {"/instances", "/tools/bulk-modify", "/tools/bulk-anonymize", "/tools/bulk-delete"}
+)
+# GETs that reveal the network configuration are for administrators.
+ADMIN_READ_ROOTS = frozenset({"modalities", "peers"})
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class PathRefused(ValueError):
+    """The path cannot be read one way only (bad encoding, climbs above the root)."""
+
+
+def split_query(raw_uri: str) -> tuple[str, str]:
+    """`/a/b?x=1` -> (`/a/b`, `x=1`); a fragment is dropped (browsers never send one)."""
+    path, _, query = raw_uri.partition("?")
+    return path.partition("#")[0], query.partition("#")[0]
+
+
+def readings(raw_path: str) -> list[list[str]]:
+    """The segment lists (lower case) that servers on the way could make of `raw_path`."""
+    if not isinstance(raw_path, str) or not raw_path.startswith("/"):
+        raise PathRefused("not an absolute path")
+    if len(raw_path) > MAX_PATH_LENGTH:
+        raise PathRefused("path too long")
+    try:
+        decoded = unquote(raw_path, errors="strict")
+    except UnicodeDecodeError:
+        raise PathRefused("not UTF-8") from None
+    # A `%` left after decoding means double encoding: no legitimate Orthanc
+    # path has one, and a second decoder on the way would read it differently.
+    if _CONTROL.search(decoded) or "%" in decoded:
+        raise PathRefused("control character, backslash or double encoding")
+
+    resolved: list[str] = []
+    for segment in decoded.lower().split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not resolved:
+                raise PathRefused("climbs above the root")
+            resolved.pop()
+            continue
+        resolved.append(segment)
+
+    # Literal: split on the raw slashes, decode each part, keep dot segments.
+    literal = [unquote(part).lower() for part in raw_path.split("/") if part]
+    # Decoded but not dot-resolved (a server that decodes %2F, then splits).
+    decoded_literal = [part for part in decoded.lower().split("/") if part]
+    result = [resolved]
+    for other in (literal, decoded_literal):
+        if other != resolved and other not in result:
+            result.append(other)
+    return result
+
+
+def normalise_path(raw_path: str) -> str:
+    """The canonical spelling: decoded, `//` and trailing `/` dropped, dots resolved, lower case."""
+    return "/" + "/".join(readings(raw_path)[0])
+
+
+def _role_for(method: str, segments: list[str]) -> Role:
+    path = "/" + "/".join(segments)
+    if any(path == p or path.startswith(p + "/") for p in FORBIDDEN_PREFIXES):
+        return Role.NOBODY
+    if any("execute-script" == s for s in segments):
+        return Role.NOBODY
+    if method in READ_METHODS:
+        if path in STATIC_PATHS or path.startswith(STATIC_PREFIXES):
+            return Role.NONE
+        if segments and segments[0] in ADMIN_READ_ROOTS:
+            return Role.ADMIN
+        return Role.VIEWER
+    if any(s in (".", "..") for s in segments):
+        return Role.ADMIN  # dot segments nobody resolved: only whoever may do anything
+    n = len(segments)
+    is_resource = n >= 2 and segments[0] in RESOURCE_LEVELS
+    if method == "POST":
+        if path in READ_POSTS:
+            return Role.VIEWER
+        if n == 3 and is_resource and segments[2] in READ_POST_ACTIONS:
+            return Role.VIEWER
+        if path in EDIT_POSTS:
+            return Role.EDITOR
+        if n == 3 and is_resource and segments[2] in EDIT_POST_ACTIONS:
+            return Role.EDITOR
+        # STOW-RS: POST {root}/studies and {root}/studies/{uid}
+        if n in (2, 3) and segments[0] in DICOMWEB_ROOTS and segments[1] == "studies":
+            return Role.EDITOR
+        return Role.ADMIN
+    if method == "PUT":
+        if n >= 4 and is_resource and segments[2] in ("metadata", "labels"):
+            return Role.EDITOR
+        return Role.ADMIN
+    if method == "DELETE":
+        if n == 2 and is_resource:
+            return Role.EDITOR
+        if n >= 4 and is_resource and segments[2] in ("metadata", "labels"):
+            return Role.EDITOR
+        return Role.ADMIN
+    return Role.NOBODY
+
+
+def required_role(method: str, raw_path: str) -> Role:
+    """The least role that may send `method` to `raw_path` (path only, no query).
+
+    Unknown methods and paths that cannot be read one way only need NOBODY.
+    """
+    method = method.upper() if isinstance(method, str) else ""
+    if method not in KNOWN_METHODS:
+        return Role.NOBODY
+    try:
+        all_readings = readings(raw_path)
+    except PathRefused:
+        return Role.NOBODY
+    return max(_role_for(method, segments) for segments in all_readings)
+
+
+def role_of(can_edit: bool, is_admin: bool) -> Role:
+    if is_admin:
+        return Role.ADMIN
+    return Role.EDITOR if can_edit else Role.VIEWER

@@ -1,0 +1,181 @@
+"""`zhiva-admin`: manage users from a shell on the server.
+
+Settings load exactly as the services load them (`CONFIG_DIR/.env`, then the
+environment), so the CLI works on the database the services use. Passwords
+are read from a hidden prompt or from standard input (`--password-stdin`),
+never from the command line, where other users could see them in `ps`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from .accounts import AccountError, find_user, revoke_all_tokens, save_user, set_disabled
+from .db import Database
+from .models import User
+from .passwords import STRONG_PASSWORD_RULE
+from .settings import SettingsError, load_settings
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    """A session on the configured database; configuration problems become clear messages."""
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            yield session
+    except AccountError as error:
+        raise click.ClickException(str(error)) from None
+    except SQLAlchemyError as error:
+        raise click.ClickException(
+            f"database {database.engine.url.render_as_string(hide_password=True)}: "
+            f"{type(error).__name__} (is it set up? `make up` applies the migrations)"
+        ) from None
+    finally:
+        database.engine.dispose()
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise click.ClickException("no password on standard input")
+        return password
+    click.echo(STRONG_PASSWORD_RULE + ".")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _user(session: Session, username: str) -> User:
+    user = find_user(session, username)
+    if user is None:
+        raise click.ClickException(f"no user {username!r}")
+    return user
+
+
+password_stdin = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+
+
+@click.group(help="Manage the users of the zhiva local PACS.")
+def main() -> None:
+    pass
+
+
+@main.command("create-user")
+@click.argument("username")
+@click.option("--name", required=True, help="The person's name, shown in tokens.")
+@click.option(
+    "--can-edit/--read-only",
+    default=False,
+    show_default=True,
+    help="May upload, modify and delete PACS data.",
+)
+@click.option("--admin", "is_admin", is_flag=True, help="May also use Orthanc's system routes.")
+@password_stdin
+def create_user(
+    username: str, name: str, can_edit: bool, is_admin: bool, password_stdin: bool
+) -> None:
+    """Create a user (refused when the username is taken)."""
+    with _session() as session:
+        if find_user(session, username) is not None:
+            raise click.ClickException(f"user {username!r} exists; use reset-password")
+        user = save_user(
+            session,
+            name=name,
+            username=username,
+            password=_read_password(password_stdin),
+            can_edit=can_edit,
+            is_admin=is_admin,
+        )
+        click.echo(f"created {user.username}")
+
+
+@main.command("reset-password")
+@click.argument("username")
+@click.option(
+    "--keep-tokens",
+    is_flag=True,
+    help="Leave the user's tokens working (by default they are revoked).",
+)
+@password_stdin
+def reset_password(username: str, keep_tokens: bool, password_stdin: bool) -> None:
+    """Set a new password; revokes the user's tokens unless --keep-tokens."""
+    with _session() as session:
+        user = _user(session, username)
+        save_user(
+            session,
+            name=user.name,
+            username=user.username,
+            password=_read_password(password_stdin),
+            can_edit=user.can_edit,
+            is_admin=user.is_admin,
+        )
+        if not keep_tokens:
+            revoke_all_tokens(session, user.username)
+        click.echo(
+            f"new password for {user.username}"
+            + ("" if keep_tokens else "; its tokens are revoked")
+        )
+
+
+@main.command("list-users")
+def list_users() -> None:
+    """One line per user: username, rights, state, name."""
+    with _session() as session:
+        users = session.scalars(select(User).order_by(User.username)).all()
+        if not users:
+            click.echo("no users")
+            return
+        width = max(len("USERNAME"), *(len(u.username) for u in users))
+        click.echo(f"{'USERNAME':<{width}}  {'RIGHTS':<6}  {'STATE':<8}  CREATED           NAME")
+        for user in users:
+            rights = "admin" if user.is_admin else "edit" if user.can_edit else "read"
+            state = "disabled" if user.disabled else "enabled"
+            created = user.created_at.strftime("%Y-%m-%d %H:%M") if user.created_at else "-"
+            click.echo(
+                f"{user.username:<{width}}  {rights:<6}  {state:<8}  {created:<16}  {user.name}"
+            )
+
+
+@main.command("disable-user")
+@click.argument("username")
+def disable_user(username: str) -> None:
+    """Refuse the user's sign-in and revoke every token it holds."""
+    with _session() as session:
+        user = set_disabled(session, username, True)
+        revoke_all_tokens(session, user.username)
+        click.echo(f"disabled {user.username}; its tokens are revoked")
+
+
+@main.command("enable-user")
+@click.argument("username")
+def enable_user(username: str) -> None:
+    """Let a disabled user sign in again (its old tokens stay revoked)."""
+    with _session() as session:
+        user = set_disabled(session, username, False)
+        click.echo(f"enabled {user.username}")
+
+
+@main.command("revoke-tokens")
+@click.argument("username")
+def revoke_tokens(username: str) -> None:
+    """Revoke every auth, access and refresh token of the user issued so far."""
+    with _session() as session:
+        user = revoke_all_tokens(session, username)
+        click.echo(f"revoked every token of {user.username}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""A real Orthanc (Debian's /usr/sbin/Orthanc) with the DICOMweb and Python plugins and our
+authorization plugin, plus the policy service under a real gunicorn, for the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from services.shared.settings import PROJECT_DIR
+
+from .processes import free_port, port_open, wait_until
+
+ORTHANC = "/usr/sbin/Orthanc"
+PLUGINS = "/usr/share/orthanc/plugins"
+PLUGIN_SCRIPT = PROJECT_DIR / "infra" / "orthanc" / "plugin.py"
+DICOMWEB_ROOT = "/pacs/"
+
+
+class OrthancServer:
+    def __init__(self, directory: Path, webhook_url: str, *, timeout: float = 2) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.webhook_url = webhook_url
+        self.timeout = timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def configuration(self) -> dict[str, Any]:
+        return {
+            "Name": "zhiva-test",
+            "StorageDirectory": str(self.directory / "storage"),
+            "IndexDirectory": str(self.directory / "index"),
+            "HttpPort": self.port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": False,
+            "ExecuteLuaEnabled": False,
+            "HttpThreadsCount": 20,
+            "Plugins": [f"{PLUGINS}/libOrthancDicomWeb.so", f"{PLUGINS}/libOrthancPython.so"],
+            "PythonScript": str(PLUGIN_SCRIPT),
+            "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT},
+            "ZhivaAuthorization": {"WebhookUrl": self.webhook_url, "TimeoutSeconds": self.timeout},
+        }
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "orthanc.json"
+        config.write_text(json.dumps(self.configuration(), indent=2))
+        self.log = (self.directory / "orthanc.log").open("ab")
+        self.process = subprocess.Popen(
+            [ORTHANC, "--verbose", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+        )
+        # Static Explorer files answer without a token: the readiness probe.
+        wait_until(
+            lambda: requests.get(f"{self.url}/app/explorer.html", timeout=1).ok, 30, "Orthanc"
+        )
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def log_text(self) -> str:
+        return (self.directory / "orthanc.log").read_text(errors="replace")
+
+
+class PolicyServer:
+    """`gunicorn 'services.policy_service:create_app()'` configured through the environment."""
+
+    def __init__(self, directory: Path, environment: dict[str, str], port: int | None = None):
+        self.directory = directory
+        self.environment = environment
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.log = (self.directory / "policy.log").open("ab")
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        self.process = subprocess.Popen(
+            [
+                gunicorn,
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+                "--access-logfile",
+                "-",
+                "services.policy_service:create_app()",
+            ],
+            env={**os.environ, **self.environment},
+            cwd=PROJECT_DIR,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok, 30, "policy service")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+        self.log.close()
+        wait_until(lambda: not port_open(self.port), 10, "policy service shutdown")

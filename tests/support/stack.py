@@ -1,0 +1,164 @@
+"""The whole stack, started the way a user starts it (`make up`), in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from infra.render import Layout
+from services.shared.accounts import save_user
+from services.shared.db import Database
+from services.shared.models import User
+from services.shared.settings import PROJECT_DIR, Settings, load_settings
+
+from .processes import free_port
+
+INTERNAL_PORTS = (
+    "ORTHANC_HTTP_PORT",
+    "TOKEN_SERVICE_PORT",
+    "LOGIN_SERVICE_PORT",
+    "POLICY_SERVICE_PORT",
+    "REDIS_PORT",
+)
+
+
+@dataclass
+class Stack:
+    root: Path
+    admin_password: str
+    output_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    # Clients handed out, closed at `down()` so no socket is left to the garbage collector.
+    _clients: list[Any] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def prepare(cls, root: Path, admin_password: str, output_dir: Path) -> Stack:
+        """Choose free ports and directories; nothing runs yet."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            # The stack's own settings come from here alone.
+            if key not in ("DATABASE_URL", "ALLOWED_ORIGINS", "ZHIVA_AUTH_ALLOWED_ORIGINS")
+        }
+        env.update(
+            CONFIG_DIR=str(root / "config"),
+            STATE_DIR=str(root / "state"),
+            HTTPS_PORT=str(free_port()),
+            DICOM_PORT=str(free_port()),
+            ADMIN_PASSWORD=admin_password,
+        )
+        env.update({name: str(free_port()) for name in INTERNAL_PORTS})
+        return cls(root=root, admin_password=admin_password, output_dir=output_dir, env=env)
+
+    def make(self, target: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run a Makefile target as a user would, with this stack's environment."""
+        result = subprocess.run(
+            ["make", "--no-print-directory", "-C", str(PROJECT_DIR), target],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"make {target} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def up(self) -> subprocess.CompletedProcess[str]:
+        return self.make("up")
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        self.close_clients()
+        return self.make("down")
+
+    def close_clients(self) -> None:
+        while self._clients:
+            client = self._clients.pop()
+            if isinstance(client, Database):
+                client.engine.dispose()
+            else:
+                client.close()
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(
+            {
+                "CONFIG_DIR": self.env["CONFIG_DIR"],
+                "STATE_DIR": self.env["STATE_DIR"],
+                "HTTPS_PORT": self.env["HTTPS_PORT"],
+                "DICOM_PORT": self.env["DICOM_PORT"],
+            }
+        )
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(Path(self.env["STATE_DIR"]))
+
+    @property
+    def base_url(self) -> str:
+        return f"https://localhost:{self.env['HTTPS_PORT']}"
+
+    @property
+    def orthanc_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['ORTHANC_HTTP_PORT']}"
+
+    @property
+    def ca_file(self) -> str:
+        return str(Path(self.env["CONFIG_DIR"]) / "trusted.crt")
+
+    def http(self) -> requests.Session:
+        session = requests.Session()
+        # Without this, REQUESTS_CA_BUNDLE from the environment would replace `verify`.
+        session.trust_env = False
+        session.verify = self.ca_file
+        self._clients.append(session)
+        return session
+
+    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(PROJECT_DIR / ".venv" / "bin" / "supervisorctl"),
+                "-c",
+                str(self.layout.supervisor_conf),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def redis(self) -> redis.Redis:
+        client = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self._clients.append(client)
+        return client
+
+    def database(self) -> Database:
+        database = Database(self.settings.database_url)
+        self._clients.append(database)
+        return database
+
+    def create_user(
+        self,
+        username: str,
+        password: str,
+        *,
+        name: str | None = None,
+        can_edit: bool = False,
+        is_admin: bool = False,
+    ) -> User:
+        with self.database().session() as session:
+            return save_user(
+                session,
+                name=name or username,
+                username=username,
+                password=password,
+                can_edit=can_edit,
+                is_admin=is_admin,
+            )

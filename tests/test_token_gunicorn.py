@@ -1,0 +1,169 @@
+"""Redemption under real concurrency: gunicorn with several worker processes, one Redis.
+
+Exactly one of 50 simultaneous redemptions of one auth token may win, whichever
+worker each lands on: the SET NX in Redis is the only arbiter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from services.shared.accounts import identity
+from services.shared.auth_tokens import auth_token_claims
+from services.shared.db import Database
+from services.shared.models import User
+from services.shared.settings import load_settings
+from services.shared.tokens import TokenCodec, TokenKind
+from tests.support.processes import free_port, wait_until
+
+PROJECT = Path(__file__).resolve().parents[1]
+CONCURRENT = 50
+WORKERS = 3
+
+
+@pytest.fixture
+def gunicorn(app_config, tmp_path):
+    port = free_port()
+    env = {**os.environ, **{k: str(v) for k, v in app_config.items() if k != "TESTING"}}
+    log = (tmp_path / "gunicorn.log").open("wb")
+    env.update(GUNICORN_BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS=str(WORKERS))
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("gunicorn")),
+            # The deployment's own settings (preloaded app, threaded workers) ...
+            "--config",
+            str(PROJECT / "infra" / "gunicorn.conf.py"),
+            # ... with each access line naming the worker's pid, to see who answered,
+            "--access-logformat",
+            "access pid=%(p)s status=%(s)s path=%(U)s",
+            # and no control socket: its default path is shared by every gunicorn of the user.
+            "--no-control-socket",
+            "services.token_service:create_app()",
+        ],
+        cwd=PROJECT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{base}/healthz", timeout=2).status_code == 200,
+            30,
+            "gunicorn token service",
+        )
+        yield base, tmp_path / "gunicorn.log"
+    finally:
+        process.terminate()
+        process.wait(15)
+        log.close()
+
+
+def test_fifty_concurrent_redemptions_exactly_one_wins(app_config, gunicorn):
+    base, log_path = gunicorn
+    settings = load_settings(app_config)
+    database = Database(settings.database_url)
+    with database.session() as session:
+        user = User(
+            name="Ann",
+            username="ann",
+            password_hash="x",
+            can_edit=False,
+            is_admin=False,
+            disabled=False,
+            token_generation=0,
+        )
+        session.add(user)
+        session.flush()
+        who = identity(user)
+    database.engine.dispose()
+    codec = TokenCodec.from_settings(settings, can_sign=True)
+    token, _ = codec.issue(TokenKind.AUTH, who, extra=auth_token_claims(settings))
+
+    barrier = threading.Barrier(CONCURRENT)
+
+    def redeem(_: int) -> tuple[int, str | None, str]:
+        with requests.Session() as http:
+            barrier.wait()
+            response = http.post(
+                f"{base}/auth/generate-access-token",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            return response.status_code, response.headers.get("Authorization"), response.text
+
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        results = list(pool.map(redeem, range(CONCURRENT)))
+
+    statuses = Counter(status for status, _, _ in results)
+    assert statuses == {200: 1, 403: CONCURRENT - 1}
+    (winner,) = [r for r in results if r[0] == 200]
+    codec.verify(winner[1].removeprefix("Bearer "), TokenKind.ACCESS)
+    codec.verify(winner[2], TokenKind.REFRESH)
+    losers = [r for r in results if r[0] == 403]
+    assert all(r[1] is None and '"Invalid Token"' in r[2] for r in losers)
+    # The requests really were spread over several worker processes.
+    served_by = set(
+        re.findall(
+            r"access pid=<?(\d+)>? status=\d+ path=/auth/generate-access-token",
+            log_path.read_text(),
+        )
+    )
+    assert len(served_by) >= 2, served_by
+
+
+def test_gunicorn_workers_survive_redis_restart_and_outage(app_config, gunicorn, redis_server):
+    base, _ = gunicorn
+    settings = load_settings(app_config)
+    database = Database(settings.database_url)
+    with database.session() as session:
+        user = User(
+            name="Bob",
+            username="bob",
+            password_hash="x",
+            can_edit=True,
+            is_admin=False,
+            disabled=False,
+            token_generation=0,
+        )
+        session.add(user)
+        session.flush()
+        who = identity(user)
+    database.engine.dispose()
+    codec = TokenCodec.from_settings(settings, can_sign=True)
+
+    def redeem(token: str) -> requests.Response:
+        return requests.post(
+            f"{base}/auth/generate-access-token",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    used, _ = codec.issue(TokenKind.AUTH, who)
+    assert redeem(used).status_code == 200
+    redis_server.restart()
+    # Every worker, whatever its pooled connections, still refuses the used token.
+    for _ in range(2 * WORKERS):
+        response = redeem(used)
+        assert (response.status_code, response.json()) == (403, {"message": "Invalid Token"})
+
+    fresh, _ = codec.issue(TokenKind.AUTH, who)
+    redis_server.stop()
+    try:
+        for _ in range(2 * WORKERS):
+            response = redeem(fresh)
+            assert response.status_code == 503
+            assert "Authorization" not in response.headers
+    finally:
+        redis_server.start()
+    assert redeem(fresh).status_code == 200
