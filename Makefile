@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help up down status logs setup test test-fast lint compose system-packages system-packages-test
+.PHONY: help up down status logs setup test test-fast lint compose system-packages system-packages-test bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ setup: $(VENV)/.runtime ## make the TLS certificate, JWT keys and .env when miss
 
 test: system-packages-test $(VENV)/.test ## the whole test suite, real components included
 	$(BIN)/pytest
+
+bench: system-packages-test $(VENV)/.test ## measure what the security layer costs; rewrites docs/BENCHMARKS.md (several minutes)
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m bench
 
 lint: $(VENV)/.test ## ruff on the code
 	$(BIN)/ruff check services infra tests

@@ -1,6 +1,7 @@
 """gunicorn settings shared by the three services (workers are set per service by supervisord)."""
 
 import os
+import sys
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
@@ -19,7 +20,9 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 30
 
-accesslog = "-"
+# The policy service writes one audit line per decision (STATE_DIR/logs/audit.log); an
+# access line as well would double the logging on the hot path (issue 6, docs/BENCHMARKS.md).
+accesslog = None if any("policy_service" in arg for arg in sys.argv) else "-"
 errorlog = "-"
 loglevel = "info"
 # %(U)s is the path without the query string: a token in `?token=` never reaches a log.

@@ -8,6 +8,7 @@ rendered from the same settings into the project directory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from services.policy_service.handoff import decided_value
 from services.shared.origins import origin_regex
 from services.shared.settings import DEFAULTS, PROJECT_DIR, Settings, load_settings
 
@@ -75,17 +77,21 @@ class Layout:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def _gunicorn(service: str, port: int, workers: int) -> str:
+def _gunicorn(service: str, port: int, workers: int, project_dir: Path) -> str:
     return (
-        f"{VENV_BIN / 'gunicorn'} -c {PROJECT_DIR / 'infra' / 'gunicorn.conf.py'} "
+        f"{project_dir / '.venv' / 'bin' / 'gunicorn'} "
+        f"-c {project_dir / 'infra' / 'gunicorn.conf.py'} "
         f"--bind 127.0.0.1:{port} --workers {workers} --name zhiva-{service} "
         f"'services.{service}_service:create_app()'"
     )
 
 
-def programs(settings: Settings) -> list[Program]:
+def programs(
+    settings: Settings, project_dir: Path = PROJECT_DIR, cores: int | None = None
+) -> list[Program]:
+    """The stack's processes; supervisord runs them natively, docker-compose one per container."""
     layout = Layout(settings.state_dir)
-    cores = os.cpu_count() or 2
+    cores = cores or os.cpu_count() or 2
     return [
         Program(
             "redis",
@@ -104,19 +110,19 @@ def programs(settings: Settings) -> list[Program]:
         # The policy service answers every Orthanc request: one worker per core.
         Program(
             "policy",
-            _gunicorn("policy", settings.policy_service_port, cores),
+            _gunicorn("policy", settings.policy_service_port, cores, project_dir),
             30,
             address=f"http://127.0.0.1:{settings.policy_service_port}",
         ),
         Program(
             "token",
-            _gunicorn("token", settings.token_service_port, 1),
+            _gunicorn("token", settings.token_service_port, 1, project_dir),
             30,
             address=f"http://127.0.0.1:{settings.token_service_port}",
         ),
         Program(
             "login",
-            _gunicorn("login", settings.login_service_port, 1),
+            _gunicorn("login", settings.login_service_port, 1, project_dir),
             30,
             address=f"http://127.0.0.1:{settings.login_service_port}",
         ),
@@ -172,10 +178,13 @@ def render_native(settings: Settings) -> Layout:
         "programs": programs(settings),
         "environment": _environment(settings),
         "stack_id": hashlib.sha256(str(settings.state_dir).encode()).hexdigest()[:8],
+        # nginx tells Orthanc's plugin a request is decided (issue 6): a secret, so
+        # nginx.conf is written 0600 below.
+        "nginx_decided": decided_value(settings.secret_key),
     }
     environment = _jinja()
     for template, name, secret in (
-        ("nginx.conf.j2", "nginx.conf", False),
+        ("nginx.conf.j2", "nginx.conf", True),
         ("orthanc.json.j2", "orthanc.json", False),
         ("redis.conf.j2", "redis.conf", True),
         ("supervisord.conf.j2", "supervisord.conf", False),
@@ -189,8 +198,39 @@ def render_native(settings: Settings) -> Layout:
     return layout
 
 
-def render_compose(settings: Settings) -> str:
-    return _jinja().get_template("docker-compose.yml.j2").render(settings=settings)
+# Inside the containers: the project at /app, `.env` and keys in /config, state in /state.
+CONTAINER_PROJECT_DIR = Path("/app")
+CONTAINER_CONFIG_DIR = Path("/config")
+CONTAINER_STATE_DIR = Path("/state")
+
+
+def render_compose() -> str:
+    """docker-compose.yml: the native programs, one per container, from the same settings."""
+    # Defaults only, so the committed file depends on no local `.env` or environment.
+    overrides = {
+        **DEFAULTS,
+        "CONFIG_DIR": CONTAINER_CONFIG_DIR,
+        "STATE_DIR": CONTAINER_STATE_DIR,
+        # Inside its container nginx must listen on every interface for the published port.
+        "BIND_ADDRESS": "0.0.0.0",  # noqa: S104
+    }
+    settings = load_settings(overrides, require_secrets=False)
+    return (
+        _jinja()
+        .get_template("docker-compose.yml.j2")
+        .render(
+            settings=settings,
+            # A fixed worker count: the file must not depend on the machine that rendered it.
+            programs={p.name: p for p in programs(settings, CONTAINER_PROJECT_DIR, cores=2)},
+            # Exec form (no shell in between), so signals reach the program itself.
+            commands={
+                p.name: json.dumps(shlex.split(p.command))
+                for p in programs(settings, CONTAINER_PROJECT_DIR, cores=2)
+            },
+            config_dir=CONTAINER_CONFIG_DIR,
+            state_dir=CONTAINER_STATE_DIR,
+        )
+    )
 
 
 COMPOSE_FILE = PROJECT_DIR / "docker-compose.yml"
@@ -198,10 +238,7 @@ COMPOSE_FILE = PROJECT_DIR / "docker-compose.yml"
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["compose"]:
-        # Rendered with the defaults only, so the committed file does not depend on a local .env.
-        defaults = {**DEFAULTS, "CONFIG_DIR": "/config", "STATE_DIR": "/var/lib/zhiva"}
-        settings = load_settings(defaults, require_secrets=False)
-        COMPOSE_FILE.write_text(render_compose(settings))
+        COMPOSE_FILE.write_text(render_compose())
         print(f"wrote {COMPOSE_FILE}")
         return 0
     layout = render_native(load_settings())

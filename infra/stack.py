@@ -142,6 +142,14 @@ def _wait_ready(settings: Settings, layout: Layout) -> None:
         say(f" ready ({time.monotonic() - started:.1f}s)")
 
 
+def prepare(settings: Settings) -> None:
+    """Render the configuration and migrate the database (the containers' set-up runs this too)."""
+    say(f"rendering configuration into {Layout(settings.state_dir).conf_dir}")
+    render_native(settings)
+    say("applying database migrations")
+    upgrade(settings.database_url)
+
+
 def up(settings: Settings) -> None:
     layout = Layout(settings.state_dir)
     if supervisord_pid(layout):
@@ -149,10 +157,7 @@ def up(settings: Settings) -> None:
         status(settings)
         return
     _check_ports_free(settings)
-    say(f"rendering configuration into {layout.conf_dir}")
-    render_native(settings)
-    say("applying database migrations")
-    upgrade(settings.database_url)
+    prepare(settings)
     say("starting supervisord and the stack")
     result = subprocess.run(
         [str(VENV_BIN / "supervisord"), "-c", str(layout.supervisor_conf)],
@@ -242,7 +247,7 @@ def _tail(path: Path, lines: int) -> list[str]:
         return handle.read().decode(errors="replace").splitlines()[-lines:]
 
 
-COMMANDS = {"up": up, "down": down, "status": status, "logs": logs}
+COMMANDS = {"up": up, "down": down, "status": status, "logs": logs, "prepare": prepare}
 
 
 def main(argv: list[str]) -> int:
@@ -251,7 +256,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         # Only `up` needs the secrets; stopping or looking at a stack must work without them.
-        settings = load_settings(require_secrets=argv[0] == "up")
+        settings = load_settings(require_secrets=argv[0] in ("up", "prepare"))
         result = COMMANDS[argv[0]](settings)
     except (SettingsError, StackError) as problem:
         print(f"error: {problem}", file=sys.stderr)

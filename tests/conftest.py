@@ -8,6 +8,7 @@ three services under supervisord exactly as `make up` does.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import uuid
@@ -24,6 +25,15 @@ from tests.support.redis_server import RedisServer
 from tests.support.stack import Stack
 
 ADMIN_PASSWORD = "Admin-Passw0rd!"
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage when each test ends, so a leaked socket or file (a ResourceWarning,
+    an error under filterwarnings=error) is reported by the test that leaked it, not by
+    whichever test happens to run when the collector next comes by."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from services.shared.tokens import TokenCodec, TokenKind
 from tests.browser.chromium import chromium_browser
 from tests.support.explorer import ExplorerPage, unique_dicom
 from tests.support.orthanc import OrthancServer, PolicyServer
+from tests.support.spelled import send_spelled
 
 PASSWORD = "Str0ng-Passw0rd!"
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -53,18 +54,9 @@ class Pacs:
     def call(
         self, method: str, path: str, token: str | None = None, *, how: str = "header", **kw: Any
     ) -> requests.Response:
-        headers = dict(kw.pop("headers", {}))
-        if token and how == "header":
-            headers["token"] = token
-        elif token and how == "bearer":
-            headers["Authorization"] = f"Bearer {token}"
-        elif token and how == "query":
-            path += ("&" if "?" in path else "?") + f"token={token}"
-        # A prepared request keeps the path exactly as spelled (no `..` resolution).
-        request = requests.Request(method, self.orthanc.url + "/", headers=headers, **kw)
-        prepared = self.http.prepare_request(request)
-        prepared.url = self.orthanc.url + path
-        return self.http.send(prepared, timeout=10)
+        return send_spelled(
+            self.http, method, self.orthanc.url, path, token, how=how, timeout=10, **kw
+        )
 
     def admin(self, method: str, path: str, **kw: Any) -> Any:
         response = self.call(method, path, self.admin_token, **kw)

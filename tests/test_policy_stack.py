@@ -21,6 +21,7 @@ from services.shared.tokens import TokenCodec, TokenKind
 from tests.browser.chromium import chromium_browser
 from tests.support.explorer import ExplorerPage, unique_dicom
 from tests.support.processes import wait_until
+from tests.support.spelled import send_spelled
 
 pytestmark = pytest.mark.stack
 
@@ -54,18 +55,8 @@ class Through:
     def nginx(
         self, method: str, path: str, token: str | None = None, *, how: str = "header", **kw: Any
     ) -> requests.Response:
-        headers = dict(kw.pop("headers", {}))
-        if token and how == "header":
-            headers["token"] = token
-        elif token and how == "bearer":
-            headers["Authorization"] = f"Bearer {token}"
-        elif token and how == "query":
-            path += ("&" if "?" in path else "?") + f"token={token}"
-        prepared = self.http.prepare_request(
-            requests.Request(method, self.stack.base_url + "/", headers=headers, **kw)
-        )
-        prepared.url = self.stack.base_url + "/zhiva" + path  # exactly as spelled
-        return self.http.send(prepared, timeout=20)
+        base = self.stack.base_url + "/zhiva"
+        return send_spelled(self.http, method, base, path, token, how=how, **kw)
 
     def orthanc(self, method: str, path: str, **kw: Any) -> Any:
         response = requests.request(

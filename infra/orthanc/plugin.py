@@ -18,6 +18,11 @@ Configuration, section "ZhivaAuthorization" of Orthanc's JSON:
   PermissionsModule  the policy service's permissions.py (standard library only),
                   default ../../services/policy_service/permissions.py from this file
 
+Requests nginx already decided (auth_request) carry `X-Zhiva-Decided` with a
+value derived from `.env`'s SECRET_KEY (services/policy_service/handoff.py);
+one that carries exactly that value (constant-time comparison) passes without
+a second decision. Without CONFIG_DIR/SECRET_KEY nothing is trusted that way.
+
 Two caches, both bounded by `validity` and the token's `exp`: answers by
 (token, origin, method, uri, query), and, when the webhook names the token's
 `role` and the permission table could be loaded, the role by (token, origin):
@@ -29,6 +34,7 @@ request the cached role does not allow still goes to the webhook.
 from __future__ import annotations
 
 import base64
+import hmac
 import http.client
 import importlib.util
 import json
@@ -42,7 +48,9 @@ from urllib.parse import urlsplit
 import orthanc
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_PERMISSIONS = os.path.join(_HERE, "..", "..", "services", "policy_service", "permissions.py")
+_POLICY_DIR = os.path.join(_HERE, "..", "..", "services", "policy_service")
+_PERMISSIONS = os.path.join(_POLICY_DIR, "permissions.py")
+_HANDOFF = os.path.join(_POLICY_DIR, "handoff.py")
 # Added to Orthanc Explorer: sends the `?token=` of the page with every request.
 EXPLORER_JS = os.path.join(_HERE, "explorer.js")
 
@@ -81,6 +89,24 @@ def load_permissions(path: str):
         return None
 
 
+def load_module(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_decided_value() -> str | None:
+    """The X-Zhiva-Decided value nginx sends, or None (then every request is judged here)."""
+    try:
+        handoff = load_module("zhiva_handoff", _HANDOFF)
+        secret = handoff.secret_key_from(os.environ.get("CONFIG_DIR"))
+        return handoff.decided_value(secret) if secret else None
+    except Exception as error:  # noqa: BLE001 - the plugin still works, only slower
+        _log(f"nginx hand-off not loaded ({error.__class__.__name__}): judging every request")
+        return None
+
+
 class Settings:
     def __init__(self, configuration: dict) -> None:
         section = configuration.get("ZhivaAuthorization") or {}
@@ -89,6 +115,7 @@ class Settings:
         self.max_validity = float(section.get("MaxValidity", 2))
         self.cache_entries = int(section.get("CacheEntries", 20000))
         self.permissions = load_permissions(section.get("PermissionsModule") or _PERMISSIONS)
+        self.decided = load_decided_value()
         root = ((configuration.get("DicomWeb") or {}).get("Root") or "/dicom-web/").rstrip("/")
         self.dicomweb = re.compile(
             "^" + re.escape(root) + r"/studies(?:/([^/]+)(?:/series(?:/([^/]+)"
@@ -260,6 +287,12 @@ class Authorizer:
         if method == "get" and (uri in _STATIC_EXACT or (_STATIC.match(uri) and ".." not in uri)):
             return True
         headers = request.get("headers") or {}
+        decided = self.settings.decided
+        if decided is not None:
+            value = headers.get("x-zhiva-decided")
+            # nginx granted it already (auth_request); constant time against guessing.
+            if value and hmac.compare_digest(value.encode("utf-8", "replace"), decided.encode()):
+                return True
         get = request.get("get") or {}
         key_name, token = find_token(method, headers, get)
         if not token:
@@ -305,6 +338,8 @@ def _install() -> None:
     with open(EXPLORER_JS, encoding="utf-8") as script:
         orthanc.ExtendOrthancExplorer(script.read())
     _log(f"requests are checked by {settings.url or 'nobody (denying all)'}")
+    if settings.decided is not None:
+        _log("requests nginx already decided (X-Zhiva-Decided) are not checked twice")
 
 
 _install()

@@ -2,8 +2,10 @@
 
 Lines go to `STATE_DIR/logs/audit.log` (appended by every gunicorn worker;
 each line is written with one `write` on a file opened for appending, so lines
-do not interleave) and to the `zhiva.audit` logger, which gunicorn sends to
-the service's log.
+do not interleave). Denies also go to the `zhiva.audit` logger, which gunicorn
+sends to the service's log (`make logs`); grants only to the file: a second
+copy of every grant cost a third of the policy service's CPU per decision
+(issue 6, docs/BENCHMARKS.md), and a grant is not what a person tails logs for.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class AuditLog:
             line = json.dumps(self.entry(request, decision), separators=(",", ":"))
             with self._lock:
                 os.write(self._fd, (line + "\n").encode())
-            log.info("%s", line)
+            if not decision.granted:
+                log.info("%s", line)
         except Exception:  # noqa: BLE001 - a failed audit line must not turn into a grant or a 500
             log.exception("could not write the audit line")
 

@@ -183,7 +183,7 @@ class DecisionEndpoints:
                 "204 No Content",
                 [
                     ("Cache-Control", f"private, max-age={decision.validity}"),
-                    # nginx's proxy_cache reads this one first (and skips `private` answers).
+                    # nginx's proxy_cache reads only this one (it ignores Cache-Control there).
                     ("X-Accel-Expires", str(decision.validity)),
                 ],
             )

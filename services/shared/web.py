@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask, current_app, jsonify, request
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -22,6 +23,8 @@ from .settings import Settings, load_settings
 from .tokens import TokenCodec, TokenError, TokenExpired, TokenInvalid, TokenMissing
 
 log = logging.getLogger("zhiva")
+
+DATABASE_DOWN = "The database is unavailable (read-only or full disk?); try again in a moment"
 
 
 @dataclass
@@ -120,6 +123,13 @@ def _register_errors(app: Flask) -> None:
     def _store_down(exc: StoreUnavailable):  # type: ignore[no-untyped-def]
         log.error("redis unavailable on %s %s", request.method, request.path)
         return error(str(exc), 503, {"Retry-After": "5"})
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError):  # type: ignore[no-untyped-def]
+        # Read-only or full disk, a lock held too long, PostgreSQL gone: nothing was
+        # written (the session rolled back); say so with a status a client can retry.
+        log.error("database unavailable on %s %s: %s", request.method, request.path, exc.orig)
+        return error(DATABASE_DOWN, 503, {"Retry-After": "5"})
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -24,6 +24,7 @@ from flask import (
     url_for,
 )
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import IntegrityError
 
 from services.shared.accounts import find_user
 from services.shared.models import normalise_name, normalise_username
@@ -32,6 +33,7 @@ from services.shared.web import error, log, resources
 
 from . import grants
 from .forms import ConfirmForm, DetailsForm
+from .openapi import SPEC as OPENAPI_SPEC
 
 blueprint = Blueprint(
     "token",
@@ -52,6 +54,7 @@ PAGE_ENDPOINTS = {
 PENDING_SECONDS = 10 * 60
 REQUEST_EXPIRED = "That request has expired; please start again."
 REQUEST_USED = "That request was already used; please start again."
+USER_CREATED_MEANWHILE = "That user was created meanwhile; please start again."
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -72,7 +75,7 @@ def _security_headers(response: Response) -> Response:
         response.headers["Referrer-Policy"] = "same-origin"
     if (
         request.blueprint == "token"
-        and request.endpoint != "token.jwks"
+        and request.endpoint not in ("token.jwks", "token.openapi")
         and not (request.endpoint or "").endswith("static")
     ):
         # Pages and answers here carry passwords' results and tokens: never cache them.
@@ -99,6 +102,14 @@ def _csrf_error(exc: CSRFError):  # type: ignore[no-untyped-def]
 @blueprint.get("/auth/.well-known/jwks.json")
 def jwks():  # type: ignore[no-untyped-def]
     response = jsonify(resources().codec.jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@blueprint.get("/auth/openapi.json")
+def openapi():  # type: ignore[no-untyped-def]
+    """The OpenAPI description of the public endpoints (user documentation)."""
+    response = jsonify(OPENAPI_SPEC)
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 
@@ -191,43 +202,49 @@ def confirm_submit():  # type: ignore[no-untyped-def]
     if not form.validate():
         return _render("confirm", 400, form=form, pending=pending)
     res = resources()
-    with res.db.session() as db:
-        exists_now = find_user(db, pending["username"]) is not None
-        if exists_now != pending["exists"]:
-            # Someone created or removed the user meanwhile: confirm again, knowingly.
-            pending["exists"] = exists_now
-            session["pending"] = pending
-            return _render(
-                "confirm",
-                409,
-                form=ConfirmForm(formdata=None),
-                pending=pending,
-                message="The user changed meanwhile; please confirm again.",
-            )
-        try:
-            token, claims = grants.save_user_and_issue(
-                db,
-                res,
-                name=pending["name"],
-                username=pending["username"],
-                password=form.user_password.data or "",
-                can_edit=pending["can_edit"],
-            )
-            # Last, so a refusal above leaves the request usable; losing here rolls back.
-            if not res.revocations.redeem_once(
-                f"token-page:{pending.get('nonce')}", pending["verified_at"] + PENDING_SECONDS
-            ):
-                raise grants.GrantRefused(REQUEST_USED)
-        except grants.GrantRefused as refused:
-            if refused.message == REQUEST_USED:
-                session.pop("pending", None)
-                return _render_details(DetailsForm(formdata=None), REQUEST_USED, 400)
-            return _render(
-                "confirm", refused.status, form=form, pending=pending, message=refused.message
-            )
-        except StoreUnavailable as down:
-            log.error("redis unavailable on the token page")
-            return _render("confirm", 503, form=form, pending=pending, message=str(down))
+    try:
+        with res.db.session() as db:
+            exists_now = find_user(db, pending["username"]) is not None
+            if exists_now != pending["exists"]:
+                # Someone created or removed the user meanwhile: confirm again, knowingly.
+                pending["exists"] = exists_now
+                session["pending"] = pending
+                return _render(
+                    "confirm",
+                    409,
+                    form=ConfirmForm(formdata=None),
+                    pending=pending,
+                    message="The user changed meanwhile; please confirm again.",
+                )
+            try:
+                token, claims = grants.save_user_and_issue(
+                    db,
+                    res,
+                    name=pending["name"],
+                    username=pending["username"],
+                    password=form.user_password.data or "",
+                    can_edit=pending["can_edit"],
+                )
+                # Last, so a refusal above leaves the request usable; losing here rolls back.
+                if not res.revocations.redeem_once(
+                    f"token-page:{pending.get('nonce')}", pending["verified_at"] + PENDING_SECONDS
+                ):
+                    raise grants.GrantRefused(REQUEST_USED)
+            except grants.GrantRefused as refused:
+                if refused.message == REQUEST_USED:
+                    session.pop("pending", None)
+                    return _render_details(DetailsForm(formdata=None), REQUEST_USED, 400)
+                return _render(
+                    "confirm", refused.status, form=form, pending=pending, message=refused.message
+                )
+            except StoreUnavailable as down:
+                log.error("redis unavailable on the token page")
+                return _render("confirm", 503, form=form, pending=pending, message=str(down))
+    except IntegrityError:
+        # Created by another request between the look-up and our insert; this request's
+        # nonce is spent, so it starts over and will be asked to confirm overwriting.
+        session.pop("pending", None)
+        return _render_details(DetailsForm(formdata=None), USER_CREATED_MEANWHILE, 409)
     session.pop("pending", None)
     expires = datetime.fromtimestamp(claims["exp"], UTC)
     return _render(
@@ -305,18 +322,27 @@ def generate_token():  # type: ignore[no-untyped-def]
         return error(grants.INVALID_DATA, 400)
 
     grants.check_admin_password(res.settings, grants.admin_throttle(res), _client(), password)
-    with res.db.session() as db:
-        user = find_user(db, username)
-        if not create:
-            return error(grants.USER_EXISTS if user is not None else grants.USER_MISSING, 400)
-        token, _claims = grants.save_user_and_issue(
-            db,
-            res,
-            name=name,
-            username=username,
-            password=user_password or "",
-            can_edit=can_edit,
-        )
+    # Two calls creating one new username race between the look-up and the insert;
+    # the loser's unique-key error is retried once, and then finds the user to overwrite.
+    for attempt in range(2):
+        try:
+            with res.db.session() as db:
+                user = find_user(db, username)
+                if not create:
+                    missing = grants.USER_EXISTS if user is not None else grants.USER_MISSING
+                    return error(missing, 400)
+                token, _claims = grants.save_user_and_issue(
+                    db,
+                    res,
+                    name=name,
+                    username=username,
+                    password=user_password or "",
+                    can_edit=can_edit,
+                )
+            break
+        except IntegrityError:
+            if attempt:
+                raise
     return jsonify(token=token)
 
 

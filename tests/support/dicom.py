@@ -5,12 +5,15 @@ from __future__ import annotations
 import gc
 import ssl
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
 
 
 def sample_file(name: str = "CT_small.dcm") -> Path:
@@ -23,37 +26,55 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
     return context
 
 
-def c_echo(port: int, ca_file: str | None, aet: str = "ZHIVA") -> bool:
-    """True when a C-ECHO succeeds; `ca_file=None` tries a plain (non-TLS) association."""
+@contextmanager
+def association(
+    port: int, ca_file: str | None, contexts: list[tuple[str, str | None]], aet: str = "ZHIVA"
+) -> Iterator[Association]:
+    """An association to 127.0.0.1:`port` (TLS when `ca_file` is given), always cleaned up.
+
+    pynetdicom closes its socket in `shutdown(); close()` under one `try`, so when
+    the peer has already closed the connection (Orthanc after A-RELEASE, or a plain
+    association refused) `shutdown()` raises and the socket is left to the garbage
+    collector. Collect it here, where that ResourceWarning is expected, so it does
+    not surface in some later test.
+    """
     ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(Verification)
+    for abstract_syntax, transfer_syntax in contexts:
+        if transfer_syntax:
+            ae.add_requested_context(abstract_syntax, transfer_syntax)
+        else:
+            ae.add_requested_context(abstract_syntax)
     tls_args = (tls_context(ca_file), None) if ca_file else None
-    association = ae.associate("127.0.0.1", port, ae_title=aet, tls_args=tls_args)
-    if not association.is_established:
-        # pynetdicom leaves the socket of an association the peer cut off to the
-        # garbage collector (its shutdown() raises before close()); collect it here,
-        # where that ResourceWarning is expected.
+    with warnings.catch_warnings():
+        # A refused connection drops its socket inside associate(), the same way.
+        warnings.simplefilter("ignore", ResourceWarning)
+        assoc = ae.associate("127.0.0.1", port, ae_title=aet, tls_args=tls_args)
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
         ae.shutdown()
-        del association
+        del assoc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
-        return False
-    status = association.send_c_echo()
-    association.release()
-    return bool(status) and status.Status == 0x0000
+
+
+def c_echo(port: int, ca_file: str | None, aet: str = "ZHIVA") -> bool:
+    """True when a C-ECHO succeeds; `ca_file=None` tries a plain (non-TLS) association."""
+    with association(port, ca_file, [(Verification, None)], aet) as assoc:
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        return bool(status) and status.Status == 0x0000
 
 
 def c_store(port: int, ca_file: str, path: Path, aet: str = "ZHIVA") -> int:
     """C-STORE one file over TLS; returns the DIMSE status (0 is success)."""
     dataset = pydicom.dcmread(path)
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(CTImageStorage, dataset.file_meta.TransferSyntaxUID)
-    association = ae.associate(
-        "127.0.0.1", port, ae_title=aet, tls_args=(tls_context(ca_file), None)
-    )
-    if not association.is_established:
-        raise ConnectionError("DICOM TLS association refused")
-    status = association.send_c_store(dataset)
-    association.release()
-    return int(status.Status)
+    contexts = [(dataset.file_meta.MediaStorageSOPClassUID, dataset.file_meta.TransferSyntaxUID)]
+    with association(port, ca_file, contexts, aet) as assoc:
+        if not assoc.is_established:
+            raise ConnectionError("DICOM TLS association refused")
+        return int(assoc.send_c_store(dataset).Status)

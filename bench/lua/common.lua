@@ -1,0 +1,37 @@
+-- Shared by the bench scripts: per-thread token lists and a JSON summary on stdout.
+-- Settings come from the environment (wrk passes no arguments to Lua here):
+--   BENCH_TOKENS   file, one token per line (each request takes the next one: cold caches)
+--   BENCH_TOKEN    one token for every request (warm caches)
+--   BENCH_METHOD, BENCH_PATH, BENCH_HEADER (name of the token header, default "token")
+local threads = {}
+local counter = 0
+
+function setup(thread)
+   counter = counter + 1
+   thread:set("id", counter)
+   table.insert(threads, thread)
+end
+
+function load_tokens()
+   local file = os.getenv("BENCH_TOKENS")
+   local list = {}
+   if file and file ~= "" then
+      for line in io.lines(file) do
+         if #line > 0 then list[#list + 1] = line end
+      end
+   else
+      list[1] = os.getenv("BENCH_TOKEN") or ""
+   end
+   return list
+end
+
+function done(summary, latency, requests)
+   local non2xx = summary.errors.status
+   io.write(string.format(
+      'BENCH_JSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,' ..
+      '"max_us":%d,"errors_status":%d,"errors_connect":%d,"errors_read":%d,' ..
+      '"errors_write":%d,"errors_timeout":%d,"bytes":%d}\n',
+      summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+      latency.max, non2xx, summary.errors.connect, summary.errors.read,
+      summary.errors.write, summary.errors.timeout, summary.bytes))
+end

@@ -1,0 +1,223 @@
+"""docs/BENCHMARKS.md from one bench run: every figure, median of the runs with min-max beside it.
+
+The measured part is between the BEGIN/END markers; what is written around it
+by hand (analysis, targets missed and why) is kept when the file is rewritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.loads import Series
+from bench.run import COMPONENTS, E2E_CONNECTIONS, SERVICES, Results
+
+BEGIN = "<!-- BEGIN MEASURED (written by `make bench`; edit outside these markers) -->"
+END = "<!-- END MEASURED -->"
+
+TARGET_RATIO = {
+    "QIDO studies": 0.90,
+    "WADO-RS metadata": 0.90,
+    "WADO-RS instance": 0.90,
+    "WADO-RS frame": 0.90,
+    "/instances/{id}/file": 0.80,
+}
+
+
+def _rate(series: Series, name: str = "rate", digits: int = 0) -> str:
+    low, high = series.span(name)
+    fmt = f"{{:,.{digits}f}}"
+    return f"{fmt.format(series.median(name))} ({fmt.format(low)}–{fmt.format(high)})"
+
+
+def _ms(series: Series, name: str) -> str:
+    low, high = series.span(name)
+    return f"{series.median(name):.1f} ({low:.1f}–{high:.1f})"
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def measured(results: Results) -> str:
+    k = results.knobs
+    out: list[str] = []
+    w = out.append
+    w(
+        f"Run of {results.started}. Load average (1, 5, 15 min) before: {results.load_before}, "
+        f"after: {results.load_after}."
+    )
+    w("")
+    w("| | |")
+    w("|---|---|")
+    for key, value in results.versions.items():
+        w(f"| {key} | {value} |")
+    s = results.study
+    w(
+        f"| study | {s['instances']} instances, {s['size_mb']:.0f} MB: {s['ct_slices']} CT 512×512 "
+        f"16-bit ({s['ct_kb']:.0f} KB each), {s['multiframes']} multi-frame of {s['frames']} "
+        f"frames ({s['mf_mb']:.1f} MB each) |"
+    )
+    w(f"| runs | {k.runs} per figure, {k.seconds:g} s each (wrk); median, min–max in brackets |")
+    w("")
+
+    w("### 1. Decisions")
+    w("")
+    w(
+        "Webhook: `POST /webhook` straight to the policy service (gunicorn), the body Orthanc's "
+        "plugin sends. nginx check: `GET /zhiva/pacs/studies/{uid}/metadata` over TLS to an nginx "
+        "with the stack's own `/zhiva/` location and `/_authorize` cache, serving an empty file "
+        "instead of proxying to Orthanc. *Cold*: every request carries a token the caches have "
+        f"not seen ({COLD_TOKENS_TEXT}); *warm*: one token, one URI."
+    )
+    w("")
+    w("| target | caches | connections | decisions/s | p50 ms | p99 ms | errors |")
+    w("|---|---|---|---|---|---|---|")
+    for (target, state, connections), series in results.decisions.items():
+        w(
+            f"| {target} | {state} | {connections} | {_rate(series)} | {_ms(series, 'p50_ms')} | "
+            f"{_ms(series, 'p99_ms')} | {series.errors} |"
+        )
+    w("")
+
+    w("### 2. End to end")
+    w("")
+    w(
+        f"wrk, {E2E_CONNECTIONS} connections, a viewer token in the `token` header. *stack*: "
+        "nginx/TLS → auth_request (cached) → Orthanc with the plugin. *nginx, no authorization*: "
+        "the same nginx server block without `auth_request`, to an Orthanc without the Python "
+        "plugin. *Orthanc directly*: that Orthanc on its HTTP port."
+    )
+    w("")
+    w(
+        "| endpoint | stack req/s | no-auth nginx req/s | Orthanc direct req/s | "
+        "ratio to no-auth nginx (target) | ratio to Orthanc direct | stack p99 ms |"
+    )
+    w("|---|---|---|---|---|---|---|")
+    endpoints = list(dict.fromkeys(name for name, _ in results.e2e))
+    for name in endpoints:
+        stack = results.e2e[(name, "stack")]
+        noauth = results.e2e[(name, "nginx, no authorization")]
+        direct = results.e2e[(name, "Orthanc directly")]
+        ratio = stack.median() / noauth.median()
+        target = TARGET_RATIO[name]
+        w(
+            f"| {name} | {_rate(stack)} | {_rate(noauth)} | {_rate(direct)} | "
+            f"{ratio:.2f} (≥ {target:.2f}: {_mark(ratio >= target)}) | "
+            f"{stack.median() / direct.median():.2f} | {_ms(stack, 'p99_ms')} |"
+        )
+    errors = sum(s.errors for s in results.e2e.values())
+    w("")
+    w(f"Errors (non-2xx or socket) over all end-to-end runs: {errors}.")
+    w("")
+
+    w("### 3. Upload")
+    w("")
+    w(
+        f"{k.uploads} CT instances per run, new UIDs each time, 4 client threads; stack = "
+        "nginx/TLS with an editor token → Orthanc with the plugin; SyncStorageArea on in both."
+    )
+    w("")
+    w("| method | stack MB/s | Orthanc direct MB/s | ratio (target ≥ 0.90) |")
+    w("|---|---|---|---|")
+    for method in dict.fromkeys(m for m, _ in results.uploads):
+        stack = results.uploads[(method, "stack")]
+        direct = results.uploads[(method, "Orthanc directly")]
+        ratio = stack.median("mb_per_s") / direct.median("mb_per_s")
+        w(
+            f"| {method} | {_rate(stack, 'mb_per_s', 1)} | {_rate(direct, 'mb_per_s', 1)} | "
+            f"{ratio:.2f} ({_mark(ratio >= 0.9)}) |"
+        )
+    w("")
+
+    w("### 4. Token work")
+    w("")
+    w(
+        "One client, calls one after another through nginx/TLS. Passwords are hashed with "
+        "bcrypt at cost 12 on purpose (about a quarter of a second per hash on this machine): "
+        "sign-in verifies one hash, generate-token verifies the admin password and hashes the "
+        "new user's password (two). With this many calls p99 is close to the slowest call."
+    )
+    w("")
+    w("| call | calls | p50 ms | p99 ms |")
+    w("|---|---|---|---|")
+    for name, (p50, p99, n) in results.tokens.items():
+        w(f"| {name} | {n} | {p50:.1f} | {p99:.1f} |")
+    w("")
+
+    w("### 5. Memory")
+    w("")
+    w(
+        "Each component with its children (gunicorn master + workers, nginx master + workers), "
+        "from `/proc/PID/smaps_rollup`. PSS shares each shared page among the processes mapping "
+        "it, so PSS adds up; RSS counts shared pages once per process. *Under load*: the largest "
+        "sample taken in the middle of the decision runs at 32 connections and the end-to-end "
+        "runs."
+    )
+    w("")
+    w("| component | idle RSS MB | idle PSS MB | under load RSS MB | under load PSS MB |")
+    w("|---|---|---|---|---|")
+    for name in COMPONENTS:
+        idle = results.memory.get((name, "idle"), (float("nan"),) * 2)
+        load = results.memory.get((name, "load"), (float("nan"),) * 2)
+        w(f"| {name} | {idle[0]:.0f} | {idle[1]:.0f} | {load[0]:.0f} | {load[1]:.0f} |")
+    idle_pss = sum(results.memory.get((n, "idle"), (0.0, 0.0))[1] for n in SERVICES)
+    idle_rss = sum(results.memory.get((n, "idle"), (0.0, 0.0))[0] for n in SERVICES)
+    w(
+        f"| **three services** | {idle_rss:.0f} | **{idle_pss:.0f}** "
+        f"(≤ 150: {_mark(idle_pss <= 150)}) | | |"
+    )
+    w("")
+
+    w("### Targets")
+    w("")
+    cold = results.decisions.get(("webhook", "cold", 32))
+    warm = results.decisions.get(("nginx check", "warm", 32))
+    if cold and warm:
+        w("| target | measured | |")
+        w("|---|---|---|")
+        w(
+            f"| webhook, every token new, 32 connections ≥ 4,000/s | {cold.median():,.0f}/s | "
+            f"{_mark(cold.median() >= 4000)} |"
+        )
+        w(
+            f"| … p99 ≤ 20 ms | {cold.median('p99_ms'):.1f} ms | "
+            f"{_mark(cold.median('p99_ms') <= 20)} |"
+        )
+        w(
+            f"| viewer path (nginx check), warm, 32 connections ≥ 8,000/s | {warm.median():,.0f}/s "
+            f"| {_mark(warm.median() >= 8000)} |"
+        )
+        w(
+            f"| … p99 ≤ 20 ms | {warm.median('p99_ms'):.1f} ms | "
+            f"{_mark(warm.median('p99_ms') <= 20)} |"
+        )
+    w("")
+    return "\n".join(out)
+
+
+COLD_TOKENS_TEXT = (
+    "16,000 distinct tokens of 8 users, cycled: more than twice the policy's per-worker "
+    "4,096-entry LRU, and a cycle lasts longer than nginx's 2 s"
+)
+
+HEADER = """# Benchmarks: what the security layer costs
+
+Written by `make bench` (`python -m bench`): it starts its own stack in a
+temporary STATE_DIR, loads a generated study, drives load with wrk from
+separate processes on loopback and rewrites the measured section below.
+`make bench` is not part of `make test`. Knobs (environment): `BENCH_RUNS`,
+`BENCH_SECONDS`, `BENCH_CT_SLICES`, `BENCH_MULTIFRAMES`, `BENCH_FRAMES`,
+`BENCH_UPLOADS`, `BENCH_TOKEN_CALLS`, `BENCH_OUTPUT`.
+
+"""
+
+
+def write_report(results: Results, target: Path) -> None:
+    body = measured(results)
+    if target.exists() and BEGIN in (text := target.read_text()) and END in text:
+        before, rest = text.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+    else:
+        before, after = HEADER, "\n"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"{before}{BEGIN}\n{body}\n{END}{after}")

@@ -1,0 +1,449 @@
+"""The measurements of issue 6, in one run; `python -m bench` (or `make bench`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.environment import BareOrthanc, BenchNginx
+from bench.loads import Series, memory_of, timed, upload, wrk
+from bench.study import Study, make_study, with_new_uids
+from services.shared.accounts import identity
+from services.shared.tokens import TokenCodec, TokenKind
+from tests.support.stack import Stack
+
+ADMIN_PASSWORD = "Bench-Admin-Passw0rd!"  # noqa: S105 - a throw-away stack
+USER_PASSWORD = "Bench-User-Passw0rd!"  # noqa: S105
+CONNECTIONS = (1, 8, 32, 64)
+E2E_CONNECTIONS = 16
+COLD_USERS = 8
+COLD_TOKENS = 16_000  # > 2 x the policy's 4,096-entry LRU per worker; a cycle lasts > 2 s
+SERVICES = ("policy", "token", "login")
+COMPONENTS = ("nginx", "orthanc", "redis", *SERVICES)
+
+
+@dataclass
+class Knobs:
+    runs: int = int(os.environ.get("BENCH_RUNS", "3"))
+    seconds: float = float(os.environ.get("BENCH_SECONDS", "5"))
+    ct_slices: int = int(os.environ.get("BENCH_CT_SLICES", "200"))
+    multiframes: int = int(os.environ.get("BENCH_MULTIFRAMES", "3"))
+    frames: int = int(os.environ.get("BENCH_FRAMES", "40"))
+    uploads: int = int(os.environ.get("BENCH_UPLOADS", "150"))
+    token_calls: int = int(os.environ.get("BENCH_TOKEN_CALLS", "20"))
+
+
+@dataclass
+class Results:
+    knobs: Knobs
+    started: str = ""
+    load_before: str = ""
+    load_after: str = ""
+    study: dict[str, Any] = field(default_factory=dict)
+    decisions: dict[tuple[str, str, int], Series] = field(default_factory=dict)
+    e2e: dict[tuple[str, str], Series] = field(default_factory=dict)
+    uploads: dict[tuple[str, str], Series] = field(default_factory=dict)
+    tokens: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    memory: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+
+
+class Bench:
+    def __init__(self, root: Path, knobs: Knobs) -> None:
+        self.root = root
+        self.knobs = knobs
+        self.results = Results(knobs)
+        self.stack = Stack.prepare(root / "stack", ADMIN_PASSWORD, root / "output")
+        self.bare: BareOrthanc | None = None
+        self.nginx: BenchNginx | None = None
+
+    # ----------------------------------------------------------- set-up
+
+    def start(self) -> None:
+        say("starting the stack (make up) in " + str(self.root))
+        self.stack.up()
+        self.bare = BareOrthanc(self.stack, self.root / "bare-orthanc")
+        self.bare.start()
+        self.nginx = BenchNginx(self.stack, self.root / "bench-nginx", self.bare)
+        self.nginx.start()
+        self.http = self.stack.http()
+        self.direct = requests.Session()
+        self.direct.trust_env = False
+        self.codec = TokenCodec.from_settings(self.stack.settings, can_sign=True)
+        self.viewers = [
+            identity(self.stack.create_user(f"bench-viewer-{i}", USER_PASSWORD))
+            for i in range(COLD_USERS)
+        ]
+        self.editor = identity(self.stack.create_user("bench-editor", USER_PASSWORD, can_edit=True))
+        self.admin = identity(
+            self.stack.create_user("bench-admin", USER_PASSWORD, can_edit=True, is_admin=True)
+        )
+        self.viewer_token = self.token(self.viewers[0])
+        self.admin_token = self.token(self.admin)
+        self.editor_token = self.token(self.editor)
+
+    def stop(self) -> None:
+        for part in (self.nginx, self.bare):
+            if part is not None:
+                part.stop()
+        self.direct.close()
+        self.stack.down()
+
+    def token(self, who: Any) -> str:
+        return self.codec.issue(TokenKind.ACCESS, who)[0]
+
+    def load_study(self) -> Study:
+        knobs = self.knobs
+        say(f"generating the study: {knobs.ct_slices} CT + {knobs.multiframes} multi-frame")
+        study = make_study(knobs.ct_slices, knobs.multiframes, knobs.frames)
+        for url, headers in (
+            (self.stack.orthanc_url, {"token": self.admin_token}),
+            (self.bare.url, {}),
+        ):
+            for instance in study.instances:
+                response = self.direct.post(
+                    f"{url}/instances", data=instance.data, headers=headers, timeout=120
+                )
+                response.raise_for_status()
+        ct = study.instances[knobs.ct_slices // 2]
+        mf = study.instances[-1]
+        found = self.direct.post(
+            f"{self.bare.url}/tools/lookup", data=ct.sop_uid, timeout=30
+        ).json()
+        self.ct, self.mf, self.study = ct, mf, study
+        self.ct_orthanc_id = next(x["ID"] for x in found if x["Type"] == "Instance")
+        self.results.study = {
+            "uid": study.uid,
+            "instances": len(study.instances),
+            "ct_slices": knobs.ct_slices,
+            "multiframes": knobs.multiframes,
+            "frames": knobs.frames,
+            "size_mb": study.size / 1e6,
+            "ct_kb": len(ct.data) / 1e3,
+            "mf_mb": len(mf.data) / 1e6,
+        }
+        return study
+
+    def paths(self) -> dict[str, str]:
+        s, ct, mf = self.study.uid, self.ct, self.mf
+        return {
+            "QIDO studies": "/pacs/studies",
+            "WADO-RS metadata": f"/pacs/studies/{s}/metadata",
+            "WADO-RS instance": f"/pacs/studies/{s}/series/{ct.series_uid}/instances/{ct.sop_uid}",
+            "WADO-RS frame": f"/pacs/studies/{s}/series/{mf.series_uid}/instances/{mf.sop_uid}"
+            "/frames/1",
+            "/instances/{id}/file": f"/instances/{self.ct_orthanc_id}/file",
+        }
+
+    # ----------------------------------------------------------- checks
+
+    def check_answers(self) -> None:
+        """Every URL the load uses answers 2xx once, so wrk's error count means something."""
+        base = self.stack.base_url
+        headers = {"token": self.viewer_token}
+        check = f"https://localhost:{self.nginx.check_port}"
+        noauth = f"https://localhost:{self.nginx.noauth_port}"
+        for name, path in self.paths().items():
+            for url, extra in (
+                (base + "/zhiva" + path, headers),
+                (noauth + "/zhiva" + path, {}),
+                (self.bare.url + path, {}),
+            ):
+                response = self.http.get(url, headers=extra, timeout=60)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{name}: {url} answered {response.status_code}")
+        assert self.http.get(check + "/zhiva/system", headers=headers).status_code == 200
+        assert self.http.get(check + "/zhiva/system").status_code == 401
+        # The baseline nginx really has no authorization, the stack's really has.
+        assert self.http.get(base + "/zhiva/pacs/studies").status_code == 401
+
+    # ----------------------------------------------------------- (1) decisions
+
+    def decisions(self) -> None:
+        knobs, results = self.knobs, self.results
+        say(f"issuing {COLD_TOKENS} tokens for the cold runs")
+        tokens_file = self.root / "tokens.txt"
+        tokens = [self.token(self.viewers[i % COLD_USERS]) for i in range(COLD_TOKENS)]
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        path = f"/pacs/studies/{self.study.uid}/metadata"
+        policy = f"http://127.0.0.1:{self.stack.settings.policy_service_port}"
+        check = f"https://localhost:{self.nginx.check_port}"
+        for state in ("cold", "warm"):
+            env = (
+                {"BENCH_TOKENS": str(tokens_file)}
+                if state == "cold"
+                else {"BENCH_TOKEN": self.viewer_token}
+            )
+            for target, url, script, env_path in (
+                ("webhook", policy, "webhook.lua", path),
+                ("nginx check", check, "get.lua", "/zhiva" + path),
+            ):
+                for connections in CONNECTIONS:
+                    series = results.decisions.setdefault((target, state, connections), Series())
+                    for run in range(knobs.runs):
+                        sampler = None
+                        if connections == 32 and run == 0:
+                            sampler = threading.Timer(knobs.seconds / 2, self.during_load, ("",))
+                            sampler.start()
+                        series.runs.append(
+                            wrk(
+                                url,
+                                script,
+                                connections=connections,
+                                seconds=knobs.seconds,
+                                env={
+                                    **env,
+                                    "BENCH_PATH": env_path,
+                                    "BENCH_STUDY_UID": self.study.uid,
+                                },
+                            )
+                        )
+                        if sampler is not None:
+                            sampler.join()
+                    say(
+                        f"decisions {target} {state} c={connections}: "
+                        f"{series.median():.0f}/s p99 {series.median('p99_ms'):.1f} ms "
+                        f"errors {series.errors}"
+                    )
+
+    # ----------------------------------------------------------- (2) end to end
+
+    def end_to_end(self, during_load: Any = None) -> None:
+        knobs, results = self.knobs, self.results
+        targets = (
+            ("stack", self.stack.base_url, "/zhiva", self.viewer_token),
+            (
+                "nginx, no authorization",
+                f"https://localhost:{self.nginx.noauth_port}",
+                "/zhiva",
+                "",
+            ),
+            ("Orthanc directly", self.bare.url, "", ""),
+        )
+        # Runs interleaved (stack, baseline, direct, stack, ...): a machine whose load drifts
+        # (others' test suites) then weighs on every column alike.
+        for name, path in self.paths().items():
+            for run in range(knobs.runs):
+                for target, base, prefix, token in targets:
+                    series = results.e2e.setdefault((name, target), Series())
+                    sampler = None
+                    if during_load is not None and target == "stack" and run == 0:
+                        sampler = threading.Timer(knobs.seconds / 2, during_load, args=(name,))
+                        sampler.start()
+                    series.runs.append(
+                        wrk(
+                            base,
+                            "get.lua",
+                            connections=E2E_CONNECTIONS,
+                            seconds=knobs.seconds,
+                            env={"BENCH_TOKEN": token, "BENCH_PATH": prefix + path},
+                        )
+                    )
+                    if sampler is not None:
+                        sampler.join()
+            for target, *_ in targets:
+                series = results.e2e[(name, target)]
+                say(
+                    f"e2e {name} via {target}: {series.median():.0f}/s "
+                    f"p99 {series.median('p99_ms'):.1f} ms errors {series.errors}"
+                )
+
+    # ----------------------------------------------------------- (3) uploads
+
+    def uploads(self) -> None:
+        knobs, results = self.knobs, self.results
+        source = self.ct.data
+        for method in ("STOW-RS", "POST /instances"):
+            stow = method == "STOW-RS"
+            for _ in range(knobs.runs):
+                for target in ("stack", "Orthanc directly"):
+                    series = results.uploads.setdefault((method, target), Series())
+                    bodies = [with_new_uids(source) for _ in range(knobs.uploads)]
+                    path = "/pacs/studies" if stow else "/instances"
+                    if target == "stack":
+                        url = self.stack.base_url + "/zhiva" + path
+                        session, headers = self.http, {"token": self.editor_token}
+                    else:
+                        url = self.bare.url + path
+                        session, headers = self.direct, {}
+                    mb_s = upload(session, url, bodies, stow=stow, headers=headers)
+                    series.runs.append(_run_mb(mb_s))
+            for target in ("stack", "Orthanc directly"):
+                series = results.uploads[(method, target)]
+                say(f"upload {method} via {target}: {series.median('mb_per_s'):.1f} MB/s")
+
+    # ----------------------------------------------------------- (4) token work
+
+    def token_work(self) -> None:
+        n, base, http = self.knobs.token_calls, self.stack.base_url, self.http
+        user = "bench-viewer-0"
+        refresh_tokens: list[str] = []
+        auth_tokens: list[str] = []
+
+        def sign_in() -> None:
+            response = http.post(
+                base + "/auth/sign-user",
+                json={"username": user, "password": USER_PASSWORD, "referer": base + "/"},
+                timeout=30,
+            )
+            response.raise_for_status()
+            auth_tokens.append(response.json()["token"])
+
+        def generate_token() -> None:
+            response = http.post(
+                base + "/auth/generate-token",
+                json={
+                    "name": "Bench Made",
+                    "username": "bench-made",
+                    "password": ADMIN_PASSWORD,
+                    "canEditResource": False,
+                    "userPassword": USER_PASSWORD,
+                    "createUserIfNotExists": True,
+                },
+                timeout=30,
+            )
+            response.raise_for_status()
+            auth_tokens.append(response.json()["token"])
+
+        def generate_access_token() -> None:
+            token = auth_tokens.pop()
+            response = http.post(
+                base + "/auth/generate-access-token",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            response.raise_for_status()
+            refresh_tokens.append(response.text.strip().strip('"'))
+
+        def refresh() -> None:
+            response = http.post(
+                base + "/auth/refresh-token",
+                headers={"Authorization": f"Bearer {refresh_tokens[0]}"},
+                timeout=30,
+            )
+            response.raise_for_status()
+
+        self.results.tokens["sign-in (POST /auth/sign-user)"] = (*timed([sign_in] * n), n)
+        self.results.tokens["generate-token (new user's password set)"] = (
+            *timed([generate_token] * n),
+            n,
+        )
+        self.results.tokens["generate-access-token"] = (*timed([generate_access_token] * n), n)
+        self.results.tokens["refresh-token"] = (*timed([refresh] * n), n)
+        for name, (p50, p99, _) in self.results.tokens.items():
+            say(f"token work {name}: p50 {p50:.1f} ms p99 {p99:.1f} ms")
+
+    # ----------------------------------------------------------- (5) memory
+
+    def pids(self) -> dict[str, int]:
+        found = {}
+        for name in COMPONENTS:
+            out = self.stack.supervisorctl("pid", name).stdout.strip()
+            if out.isdigit():
+                found[name] = int(out)
+        return found
+
+    def sample_memory(self, state: str) -> None:
+        pids = self.pids()
+        for name in COMPONENTS:
+            if name in pids:
+                self.results.memory[(name, state)] = memory_of(pids[name])
+
+    def during_load(self, endpoint: str) -> None:
+        # Each component at its peak over the e2e runs: keep the largest sample.
+        pids = self.pids()
+        for name in COMPONENTS:
+            if name in pids:
+                rss, pss = memory_of(pids[name])
+                old = self.results.memory.get((name, "load"), (0.0, 0.0))
+                self.results.memory[(name, "load")] = (max(rss, old[0]), max(pss, old[1]))
+
+    # ----------------------------------------------------------- all
+
+    def versions(self) -> None:
+        def first_line(command: list[str]) -> str:
+            try:
+                out = subprocess.run(command, capture_output=True, text=True, timeout=20)
+                return (out.stdout or out.stderr).strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.TimeoutExpired):
+                return "?"
+
+        system = self.direct.get(f"{self.bare.url}/system", timeout=10).json()
+        plugins = self.direct.get(f"{self.bare.url}/plugins/dicom-web", timeout=10).json()
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "?",
+        )
+        memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        self.results.versions = {
+            "CPU": f"{cpu}, {os.cpu_count()} cores",
+            "memory": f"{int(memory) / 1024 / 1024:.1f} GB",
+            "kernel": os.uname().release,
+            "OS": first_line(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
+            "Orthanc": system.get("Version", "?"),
+            "DICOMweb plugin": plugins.get("Version", "?"),
+            "nginx": first_line(["nginx", "-v"]),
+            "Redis": first_line(["redis-server", "--version"]),
+            "Python": first_line([str(Path(".venv/bin/python").resolve()), "--version"]),
+            "gunicorn": first_line([str(Path(".venv/bin/gunicorn").resolve()), "--version"]),
+            "wrk": first_line(["wrk", "--version"]),
+        }
+
+    def run(self) -> Results:
+        results = self.results
+        results.started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results.load_before = loadavg()
+        self.start()
+        try:
+            self.load_study()
+            self.versions()
+            self.check_answers()
+            time.sleep(3)
+            self.sample_memory("idle")
+            self.decisions()
+            self.end_to_end(self.during_load)
+            self.uploads()
+            self.token_work()
+        finally:
+            results.load_after = loadavg()
+            self.stop()
+        return results
+
+
+def _run_mb(mb_s: float):  # type: ignore[no-untyped-def]
+    from bench.loads import Run
+
+    return Run(rate=0.0, p50_ms=0.0, p99_ms=0.0, errors=0, requests=0, mb_per_s=mb_s)
+
+
+def main() -> int:
+    from bench.report import write_report
+
+    knobs = Knobs()
+    with tempfile.TemporaryDirectory(prefix="zhiva-bench-") as directory:
+        results = Bench(Path(directory), knobs).run()
+    target = Path(os.environ.get("BENCH_OUTPUT", "docs/BENCHMARKS.md"))
+    write_report(results, target)
+    say(f"wrote {target}")
+    return 0

@@ -1,0 +1,133 @@
+"""Issue 6's hot path: nginx caches grants and tells Orthanc's plugin a request is decided.
+
+A client must gain nothing from either: a forged `X-Zhiva-Decided` header is
+replaced by nginx and refused by the plugin, and a cached grant never serves
+another token, method, path or origin, nor a deny.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+import requests
+
+from services.policy_service.handoff import decided_value, is_decided, secret_key_from
+from services.shared.accounts import identity
+from services.shared.tokens import TokenCodec, TokenKind
+from tests.support.dicom import sample_file
+
+PASSWORD = "Handoff-Passw0rd!"
+
+
+# --- handoff.py, no server ---------------------------------------------------------------
+
+
+def test_decided_value_depends_on_the_secret_only():
+    assert decided_value("a" * 40) == decided_value("a" * 40)
+    assert decided_value("a" * 40) != decided_value("b" * 40)
+    assert "a" * 40 not in decided_value("a" * 40)
+    with pytest.raises(ValueError):
+        decided_value("")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("SECRET_KEY='abc$def'", "abc$def"),
+        ('SECRET_KEY="abc"', "abc"),
+        ("SECRET_KEY=abc", "abc"),
+        ("SECRET_KEY=", None),
+        ("OTHER=abc", None),
+    ],
+)
+def test_secret_key_from_env_file(tmp_path, monkeypatch, line, expected):
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    (tmp_path / ".env").write_text(f"# comment\n{line}\n")
+    assert secret_key_from(tmp_path) == expected
+    assert secret_key_from(tmp_path / "missing") is None
+    assert secret_key_from(None) is None
+
+
+@pytest.mark.parametrize("sent", [None, "", "0" * 64, "x", "é" * 64])
+def test_is_decided_refuses_anything_but_the_value(sent):
+    expected = decided_value("k" * 40)
+    assert not is_decided(sent, expected)
+    assert not is_decided(expected, None)
+    assert is_decided(expected, expected)
+
+
+# --- through the stack ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def users(stack):
+    suffix = secrets.token_hex(3)
+    codec = TokenCodec.from_settings(stack.settings, can_sign=True)
+    made = {
+        role: identity(
+            stack.create_user(
+                f"handoff-{role}-{suffix}", PASSWORD, can_edit=role == "editor", is_admin=False
+            )
+        )
+        for role in ("viewer", "editor")
+    }
+    return codec, made
+
+
+def _pacs(stack, method: str, path: str, headers: dict[str, str], **kw) -> requests.Response:
+    return stack.http().request(
+        method, f"{stack.base_url}/zhiva{path}", headers=headers, timeout=20, **kw
+    )
+
+
+def _forged_values(stack) -> list[str]:
+    real = decided_value(stack.settings.secret_key)
+    return ["1", "0" * 64, real[:-1] + ("0" if real[-1] != "0" else "1"), real]
+
+
+@pytest.mark.stack
+def test_forged_decided_header_through_nginx_is_useless(stack, users):
+    """Even the real value, sent by a client, is replaced by nginx after the policy decided."""
+    codec, made = users
+    viewer = codec.issue(TokenKind.ACCESS, made["viewer"])[0]
+    upload = Path(sample_file()).read_bytes()
+    for value in _forged_values(stack):
+        forged = {"X-Zhiva-Decided": value}
+        assert _pacs(stack, "GET", "/pacs/studies", forged).status_code == 401
+        assert _pacs(stack, "GET", "/system", {**forged, "token": "not-a-token"}).status_code == 403
+        response = _pacs(stack, "POST", "/instances", {**forged, "token": viewer}, data=upload)
+        assert response.status_code == 403
+        # Static Explorer locations do not forward it either (they would not need it anyway).
+        assert _pacs(stack, "GET", "/app/explorer.html", forged).status_code == 200
+
+
+@pytest.mark.stack
+def test_orthanc_port_trusts_only_the_exact_value(stack):
+    url = f"{stack.orthanc_url}/system"
+    for value in _forged_values(stack)[:-1]:
+        assert requests.get(url, headers={"X-Zhiva-Decided": value}, timeout=10).status_code == 403
+    # The value made from .env's SECRET_KEY is what nginx sends: the plugin lets it pass.
+    real = _forged_values(stack)[-1]
+    assert requests.get(url, headers={"X-Zhiva-Decided": real}, timeout=10).status_code == 200
+
+
+@pytest.mark.stack
+def test_nginx_cached_grant_serves_no_other_origin_method_or_token(stack, users):
+    codec, made = users
+    bound = codec.issue(TokenKind.ACCESS, made["editor"], audience="https://app.zhiva.ai")[0]
+    viewer = codec.issue(TokenKind.ACCESS, made["viewer"])[0]
+    ok = {"token": bound, "Origin": "https://app.zhiva.ai"}
+    assert _pacs(stack, "GET", "/studies", ok).status_code == 200  # now cached
+    assert (
+        _pacs(stack, "GET", "/studies", {**ok, "Origin": "https://evil.zhiva.ai"}).status_code
+        == 403
+    )
+    # Same path, other token: the viewer's own decision, not the editor's cached one.
+    upload = Path(sample_file()).read_bytes()
+    assert _pacs(stack, "POST", "/instances", ok, data=upload).status_code == 200
+    assert _pacs(stack, "POST", "/instances", {"token": viewer}, data=upload).status_code == 403
+    # A deny is not cached: the same request, refused twice, never turns into a grant.
+    for _ in range(2):
+        assert _pacs(stack, "DELETE", "/studies/0", {"token": viewer}).status_code == 403
