@@ -137,9 +137,14 @@ def programs(
     ]
 
 
+def passed_knobs() -> dict[str, str]:
+    """The knobs `make up` was given in the environment (they reach every program)."""
+    return {name: os.environ[name] for name in PASSED_KNOBS if os.environ.get(name)}
+
+
 def _environment(settings: Settings) -> str:
     values = {"CONFIG_DIR": str(settings.config_dir), "STATE_DIR": str(settings.state_dir)}
-    values.update({name: os.environ[name] for name in PASSED_KNOBS if os.environ.get(name)})
+    values.update(passed_knobs())
     # supervisord's syntax: KEY="value",KEY2="value2"; `%` must be doubled.
     return ",".join(f'{key}="{value.replace("%", "%%")}"' for key, value in sorted(values.items()))
 

@@ -6,6 +6,7 @@ failure names the component and the log to read.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,9 +21,10 @@ from pathlib import Path
 from services.shared.schema import upgrade
 from services.shared.settings import Settings, SettingsError, load_settings
 
-from .render import VENV_BIN, Layout, programs, render_native
+from .render import VENV_BIN, Layout, passed_knobs, programs, render_native
 
 START_TIMEOUT = 90.0
+KNOBS_FILE = "knobs.json"
 
 
 class StackError(RuntimeError):
@@ -144,8 +146,12 @@ def _wait_ready(settings: Settings, layout: Layout) -> None:
 
 def prepare(settings: Settings) -> None:
     """Render the configuration and migrate the database (the containers' set-up runs this too)."""
-    say(f"rendering configuration into {Layout(settings.state_dir).conf_dir}")
+    layout = Layout(settings.state_dir)
+    say(f"rendering configuration into {layout.conf_dir}")
     render_native(settings)
+    # `make status`/`down`/`logs` read these, so they describe the stack that runs,
+    # not the defaults, when they are called without the knobs `make up` was given.
+    (layout.conf_dir / KNOBS_FILE).write_text(json.dumps(passed_knobs(), indent=2) + "\n")
     say("applying database migrations")
     upgrade(settings.database_url)
 
@@ -250,13 +256,25 @@ def _tail(path: Path, lines: int) -> list[str]:
 COMMANDS = {"up": up, "down": down, "status": status, "logs": logs, "prepare": prepare}
 
 
+def running_settings() -> Settings:
+    """Settings of the stack in STATE_DIR as `make up` started it (its knobs recorded)."""
+    settings = load_settings(require_secrets=False)
+    knobs = Layout(settings.state_dir).conf_dir / KNOBS_FILE
+    if not knobs.exists():
+        return settings
+    return load_settings(json.loads(knobs.read_text()), require_secrets=False)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in COMMANDS:
         print(f"usage: python -m infra.stack {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
         return 2
     try:
         # Only `up` needs the secrets; stopping or looking at a stack must work without them.
-        settings = load_settings(require_secrets=argv[0] in ("up", "prepare"))
+        if argv[0] in ("up", "prepare"):
+            settings = load_settings()
+        else:
+            settings = running_settings()
         result = COMMANDS[argv[0]](settings)
     except (SettingsError, StackError) as problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 import requests
 
 from services.shared.accounts import identity
+from services.shared.settings import PROJECT_DIR
 from services.shared.tokens import TokenCodec, TokenKind
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.dicom import c_echo, c_store, sample_file
@@ -179,3 +181,19 @@ def test_setup_refuses_a_weak_admin_password_and_writes_nothing(tmp_path, output
     with pytest.raises(RuntimeError, match="admin password is (too weak|empty)"):
         weak.make("setup")
     assert not (tmp_path / "config").exists() or not any((tmp_path / "config").iterdir())
+
+
+def test_status_describes_the_running_stack_without_its_knobs(stack):
+    """`make status` run without HTTPS_PORT/DICOM_PORT still names the ports `make up` used."""
+    bare = {k: v for k, v in stack.env.items() if k not in ("HTTPS_PORT", "DICOM_PORT")}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(PROJECT_DIR), "status"],
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    nginx = next(line for line in result.stdout.splitlines() if line.startswith("nginx"))
+    assert f":{stack.env['HTTPS_PORT']}" in nginx
+    assert f"DICOM TLS port {stack.env['DICOM_PORT']}" in result.stdout
