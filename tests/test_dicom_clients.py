@@ -196,6 +196,21 @@ def test_qido_rs_studies_series_and_instances_with_filters(stack, tokens, study)
     assert len(everything) == len(study["datasets"])
 
 
+def test_retrieve_urls_in_qido_answers_lead_to_the_study(stack, tokens, study):
+    """The URLs Orthanc writes (no /zhiva prefix) are sent on to the checked location."""
+    http = bearer_session(stack, tokens["viewer"])
+    found = http.get(f"{stack.base_url}/zhiva/pacs/studies?StudyInstanceUID={study['uid']}")
+    retrieve_url = found.json()[0]["00081190"]["Value"][0]
+    assert retrieve_url == f"{stack.base_url}/pacs/studies/{study['uid']}"
+    metadata = http.get(retrieve_url + "/metadata")
+    assert metadata.status_code == 200
+    assert metadata.history[0].status_code == 308
+    assert len(metadata.json()) == len(study["datasets"])
+    # The redirect adds no way around the check: without a token the target refuses.
+    anonymous = bearer_session(stack, None).get(retrieve_url + "/metadata")
+    assert anonymous.status_code == 401
+
+
 # --- WADO-RS ------------------------------------------------------------------------------------
 
 
