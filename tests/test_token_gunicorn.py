@@ -28,6 +28,7 @@ from tests.support.processes import free_port, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONCURRENT = 50
+ROUNDS = 5
 WORKERS = 3
 
 
@@ -88,38 +89,51 @@ def test_fifty_concurrent_redemptions_exactly_one_wins(app_config, gunicorn):
         who = identity(user)
     database.engine.dispose()
     codec = TokenCodec.from_settings(settings, can_sign=True)
-    token, _ = codec.issue(TokenKind.AUTH, who, extra=auth_token_claims(settings))
 
-    barrier = threading.Barrier(CONCURRENT)
+    def race(token: str) -> list[tuple[int, str | None, str]]:
+        barrier = threading.Barrier(CONCURRENT)
 
-    def redeem(_: int) -> tuple[int, str | None, str]:
-        with requests.Session() as http:
-            barrier.wait()
-            response = http.post(
-                f"{base}/auth/generate-access-token",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
+        def redeem(_: int) -> tuple[int, str | None, str]:
+            with requests.Session() as http:
+                barrier.wait()
+                response = http.post(
+                    f"{base}/auth/generate-access-token",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                )
+                return response.status_code, response.headers.get("Authorization"), response.text
+
+        with ThreadPoolExecutor(CONCURRENT) as pool:
+            return list(pool.map(redeem, range(CONCURRENT)))
+
+    # Which worker accepts a connection is the kernel's choice: a round may, by chance, land
+    # on one worker only. Every round must have exactly one winner; rounds go on (a few at
+    # most) until one has really been spread over several worker processes.
+    spread = False
+    for _round in range(ROUNDS):
+        token, _ = codec.issue(TokenKind.AUTH, who, extra=auth_token_claims(settings))
+        log_start = log_path.stat().st_size
+        results = race(token)
+
+        statuses = Counter(status for status, _, _ in results)
+        assert statuses == {200: 1, 403: CONCURRENT - 1}
+        (winner,) = [r for r in results if r[0] == 200]
+        codec.verify(winner[1].removeprefix("Bearer "), TokenKind.ACCESS)
+        codec.verify(winner[2], TokenKind.REFRESH)
+        losers = [r for r in results if r[0] == 403]
+        assert all(r[1] is None and '"Invalid Token"' in r[2] for r in losers)
+        with log_path.open() as log:
+            log.seek(log_start)
+            served_by = set(
+                re.findall(
+                    r"access pid=<?(\d+)>? status=\d+ path=/auth/generate-access-token",
+                    log.read(),
+                )
             )
-            return response.status_code, response.headers.get("Authorization"), response.text
-
-    with ThreadPoolExecutor(CONCURRENT) as pool:
-        results = list(pool.map(redeem, range(CONCURRENT)))
-
-    statuses = Counter(status for status, _, _ in results)
-    assert statuses == {200: 1, 403: CONCURRENT - 1}
-    (winner,) = [r for r in results if r[0] == 200]
-    codec.verify(winner[1].removeprefix("Bearer "), TokenKind.ACCESS)
-    codec.verify(winner[2], TokenKind.REFRESH)
-    losers = [r for r in results if r[0] == 403]
-    assert all(r[1] is None and '"Invalid Token"' in r[2] for r in losers)
-    # The requests really were spread over several worker processes.
-    served_by = set(
-        re.findall(
-            r"access pid=<?(\d+)>? status=\d+ path=/auth/generate-access-token",
-            log_path.read_text(),
-        )
-    )
-    assert len(served_by) >= 2, served_by
+        if len(served_by) >= 2:
+            spread = True
+            break
+    assert spread, f"no round of {CONCURRENT} redemptions reached two workers in {ROUNDS} rounds"
 
 
 def test_gunicorn_workers_survive_redis_restart_and_outage(app_config, gunicorn, redis_server):
