@@ -34,6 +34,7 @@ WEBHOOK_LEVELS = {
 # The public prefix nginx puts in front of Orthanc (CONTRACT section 2).
 PACS_PREFIX = "/zhiva"
 MAX_BODY = 64 * 1024
+MAX_DRAINED_BODY = 1024 * 1024
 NOT_CACHED = [("Cache-Control", "no-store"), ("X-Accel-Expires", "0")]
 
 StartResponse = Callable[..., Any]
@@ -203,7 +204,15 @@ def _json_body(environ: dict[str, Any]) -> Any:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return None
-    if not 0 < length <= MAX_BODY:
+    if length > MAX_BODY:
+        # Read and drop a body that is too large (up to a bound), so the client gets its
+        # answer ("not granted") instead of a connection reset over the unread bytes.
+        if length <= MAX_DRAINED_BODY:
+            stream = environ["wsgi.input"]
+            while length > 0 and (chunk := stream.read(min(length, 65536))):
+                length -= len(chunk)
+        return None
+    if length <= 0:
         return None
     try:
         return json.loads(environ["wsgi.input"].read(length))
