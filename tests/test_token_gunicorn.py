@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -23,7 +24,7 @@ from services.shared.auth_tokens import auth_token_claims
 from services.shared.db import Database
 from services.shared.models import User
 from services.shared.settings import load_settings
-from services.shared.tokens import TokenCodec, TokenKind
+from services.shared.tokens import Identity, TokenCodec, TokenKind
 from tests.support.processes import free_port, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -70,24 +71,31 @@ def gunicorn(app_config, tmp_path):
         log.close()
 
 
+def _seed_user(settings: Any, username: str, *, can_edit: bool) -> Identity:
+    """A user row written straight to the database (no bcrypt: these tests never sign in)."""
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            user = User(
+                name=username.title(),
+                username=username,
+                password_hash="x",
+                can_edit=can_edit,
+                is_admin=False,
+                disabled=False,
+                token_generation=0,
+            )
+            session.add(user)
+            session.flush()
+            return identity(user)
+    finally:
+        database.engine.dispose()
+
+
 def test_fifty_concurrent_redemptions_exactly_one_wins(app_config, gunicorn):
     base, log_path = gunicorn
     settings = load_settings(app_config)
-    database = Database(settings.database_url)
-    with database.session() as session:
-        user = User(
-            name="Ann",
-            username="ann",
-            password_hash="x",
-            can_edit=False,
-            is_admin=False,
-            disabled=False,
-            token_generation=0,
-        )
-        session.add(user)
-        session.flush()
-        who = identity(user)
-    database.engine.dispose()
+    who = _seed_user(settings, "ann", can_edit=False)
     codec = TokenCodec.from_settings(settings, can_sign=True)
 
     def race(token: str) -> list[tuple[int, str | None, str]]:
@@ -139,21 +147,7 @@ def test_fifty_concurrent_redemptions_exactly_one_wins(app_config, gunicorn):
 def test_gunicorn_workers_survive_redis_restart_and_outage(app_config, gunicorn, redis_server):
     base, _ = gunicorn
     settings = load_settings(app_config)
-    database = Database(settings.database_url)
-    with database.session() as session:
-        user = User(
-            name="Bob",
-            username="bob",
-            password_hash="x",
-            can_edit=True,
-            is_admin=False,
-            disabled=False,
-            token_generation=0,
-        )
-        session.add(user)
-        session.flush()
-        who = identity(user)
-    database.engine.dispose()
+    who = _seed_user(settings, "bob", can_edit=True)
     codec = TokenCodec.from_settings(settings, can_sign=True)
 
     def redeem(token: str) -> requests.Response:
