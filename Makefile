@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help up down status logs setup test lint compose system-packages system-packages-test bench
+.PHONY: help up down status logs admin setup test test-containers lint compose system-packages-test bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-up: system-packages $(VENV)/.runtime setup ## set up what is missing, start the stack, print its URLs
+up: $(VENV)/.runtime setup ## set up what is missing, start the stack (MODE=native|docker), print its URLs
 	@$(BIN)/python -m infra.stack up
 
 down: $(VENV)/.runtime ## stop every process of the stack (data stays)
@@ -22,11 +22,19 @@ status: $(VENV)/.runtime ## one line per component: up/down and its address
 logs: $(VENV)/.runtime ## where the logs are, and their tails
 	@$(BIN)/python -m infra.stack logs
 
+admin: $(VENV)/.runtime ## manage users on the running stack: make admin ARGS="list-users"
+	@$(BIN)/python -m infra.stack admin $(ARGS)
+
 setup: $(VENV)/.runtime ## make the TLS certificate, JWT keys and .env when missing (asks the admin password)
 	@$(BIN)/python -m infra.setup
 
-test: system-packages-test $(VENV)/.test ## the whole test suite, real components included
+test: system-packages-test $(VENV)/.test ## the whole test suite, real components included (CONTAINERS=1: the container stack too)
 	$(BIN)/pytest
+	@if [ "$(CONTAINERS)" = 1 ]; then $(MAKE) --no-print-directory test-containers; fi
+
+test-containers: $(VENV)/.test ## build the images, boot docker-compose.yml (Podman or Docker), run the end-to-end tests on it
+	@infra/install-system-packages.sh --containers
+	$(BIN)/pytest -m e2e --stack=containers
 
 bench: system-packages-test $(VENV)/.test ## measure what the security layer costs; rewrites docs/BENCHMARKS.md (several minutes)
 	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
@@ -37,9 +45,6 @@ lint: $(VENV)/.test ## ruff on the code
 
 compose: $(VENV)/.runtime ## render docker-compose.yml from the settings templates
 	@$(BIN)/python -m infra.render compose
-
-system-packages:
-	@infra/install-system-packages.sh
 
 system-packages-test:
 	@infra/install-system-packages.sh --test

@@ -2,6 +2,8 @@
 # Install the Debian packages the stack needs, when they are missing.
 #   infra/install-system-packages.sh          what `make up` needs
 #   infra/install-system-packages.sh --test   plus what `make test` needs
+#   infra/install-system-packages.sh --containers   Podman, to boot docker-compose.yml
+#                                                   (`make test-containers`)
 set -euo pipefail
 
 declare -A why=(
@@ -14,6 +16,10 @@ declare -A why=(
   [make]="the project's commands"
   [chromium]="headless browser for the end-to-end browser tests"
   [wrk]="load generator for the benchmarks"
+  [podman]="container engine that boots docker-compose.yml (no daemon needed)"
+  [runc]="the container runtime Podman is set to use (crun fails on some hosts' cgroups)"
+  [catatonit]="the init process of containers started with init: true"
+  [debootstrap]="makes the debian:bookworm-slim base image where no registry answers"
 )
 # A package counts as present when the file it provides is there.
 declare -A provides=(
@@ -26,27 +32,57 @@ declare -A provides=(
   [make]=/usr/bin/make
   [chromium]=/usr/bin/chromium
   [wrk]=/usr/bin/wrk
+  [podman]=/usr/bin/podman
+  [runc]=/usr/sbin/runc
+  [catatonit]=/usr/bin/catatonit
+  [debootstrap]=/usr/sbin/debootstrap
 )
-wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make)
-if [[ "${1:-}" == "--test" ]]; then
-  wanted+=(chromium wrk)
-fi
+case "${1:-}" in
+  "") wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make) ;;
+  --test) wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make
+                  chromium wrk) ;;
+  --containers) wanted=(podman runc catatonit debootstrap) ;;
+  *) echo "usage: $0 [--test|--containers]" >&2; exit 2 ;;
+esac
+
+# Podman's settings for this kind of host (its open-file limit is too low for
+# Orthanc and nginx, and crun fails on its cgroups); an existing file is the
+# machine owner's and is left alone.
+configure_podman() {
+  local conf=/etc/containers/containers.conf
+  if [[ -e "$conf" ]]; then
+    grep -q 'runtime *= *"runc"' "$conf" \
+      || echo "install-system-packages: $conf exists; if containers fail to start, set runtime = \"runc\" in its [engine] section" >&2
+    return 0
+  fi
+  echo "Writing $conf (runc, open-file and process limits for the containers)"
+  "${sudo[@]}" mkdir -p /etc/containers
+  printf '%s\n' '# Written by zhiva-pacs infra/install-system-packages.sh --containers.' \
+    '[containers]' 'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]' \
+    '[engine]' 'runtime = "runc"' | "${sudo[@]}" tee "$conf" >/dev/null
+}
 
 missing=()
 for package in "${wanted[@]}"; do
   [[ -e "${provides[$package]}" ]] || missing+=("$package")
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+podman_unset=false
+[[ "${1:-}" == "--containers" && ! -e /etc/containers/containers.conf ]] && podman_unset=true
+[[ ${#missing[@]} -eq 0 && $podman_unset == false ]] && exit 0
 
-if ! command -v apt-get >/dev/null; then
+if [[ ${#missing[@]} -gt 0 ]] && ! command -v apt-get >/dev/null; then
   echo "install-system-packages: missing ${missing[*]} and there is no apt-get here;" >&2
   echo "  install them with your system's package manager (see README: Requirements)." >&2
   exit 1
 fi
 sudo=()
 if [[ $(id -u) -ne 0 ]]; then
-  command -v sudo >/dev/null || { echo "install-system-packages: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+  command -v sudo >/dev/null || { echo "install-system-packages: need root or sudo to install ${missing[*]:-the Podman settings}" >&2; exit 1; }
   sudo=(sudo)
+fi
+if [[ ${#missing[@]} -eq 0 ]]; then
+  configure_podman
+  exit 0
 fi
 
 echo "Installing Debian packages the stack needs:"
@@ -63,4 +99,8 @@ if [[ " ${missing[*]} " == *" orthanc "* ]] && command -v systemctl >/dev/null \
    && systemctl is-active --quiet orthanc 2>/dev/null; then
   echo "Stopping and disabling Debian's system-wide orthanc service (the stack runs its own)."
   "${sudo[@]}" systemctl disable --now orthanc || true
+fi
+
+if [[ "${1:-}" == "--containers" ]]; then
+  configure_podman
 fi

@@ -196,10 +196,15 @@ def render_native(settings: Settings) -> Layout:
     ):
         text = environment.get_template(template).render(**context)
         target = layout.conf_dir / name
-        target.unlink(missing_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+        # Written beside and renamed over: a program (re)starting meanwhile reads the old
+        # file or the new one, never half of one (Podman re-runs the containers' set-up
+        # whenever it starts a container that depends on it).
+        partial = target.with_name(f".{name}.{os.getpid()}")
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.replace(partial, target)
     return layout
 
 

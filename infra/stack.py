@@ -1,6 +1,9 @@
-"""Run the native stack under supervisord: `up`, `down`, `status`, `logs`.
+"""Run the stack: `up`, `down`, `status`, `logs`, `admin`.
 
-`make up` calls `up` after the set-up; every step says what it does, and a
+`make up` calls `up` after the set-up. The stack runs natively under
+supervisord (`MODE=native`, and the default where no container engine
+answers) or as containers (`MODE=docker`, and the default where Docker or
+Podman answers; infra/containers.py). Every step says what it does, and a
 failure names the component and the log to read.
 """
 
@@ -21,6 +24,8 @@ from pathlib import Path
 from services.shared.schema import upgrade
 from services.shared.settings import Settings, SettingsError, load_settings
 
+from . import containers
+from .containers import ContainerError
 from .render import VENV_BIN, Layout, passed_knobs, programs, render_native
 
 START_TIMEOUT = 90.0
@@ -104,13 +109,17 @@ def _orthanc_answers(url: str) -> bool:
         return False
 
 
-def readiness_checks(settings: Settings) -> list[tuple[str, object]]:
+def _nginx_answers(settings: Settings) -> bool:
     tls = ssl.create_default_context(cafile=str(settings.trusted_certificates))
     base = f"https://127.0.0.1:{settings.https_port}"
     # nginx listens on BIND_ADDRESS; 0.0.0.0 includes loopback, a LAN address does not.
     if settings.bind_address not in ("127.0.0.1", "0.0.0.0", "localhost"):  # noqa: S104
         base = f"https://{settings.bind_address}:{settings.https_port}"
     tls.check_hostname = False  # we reach it by IP; the certificate itself is verified
+    return _http_ok(f"{base}/auth/healthz/token", tls)
+
+
+def readiness_checks(settings: Settings) -> list[tuple[str, object]]:
     return [
         ("redis", lambda: _port_in_use(settings.redis_port)),
         (
@@ -120,7 +129,7 @@ def readiness_checks(settings: Settings) -> list[tuple[str, object]]:
         ("policy", lambda: _http_ok(f"http://127.0.0.1:{settings.policy_service_port}/healthz")),
         ("token", lambda: _http_ok(f"http://127.0.0.1:{settings.token_service_port}/healthz")),
         ("login", lambda: _http_ok(f"http://127.0.0.1:{settings.login_service_port}/healthz")),
-        ("nginx", lambda: _http_ok(f"{base}/auth/healthz/token", tls)),
+        ("nginx", lambda: _nginx_answers(settings)),
     ]
 
 
@@ -156,12 +165,24 @@ def prepare(settings: Settings) -> None:
     upgrade(settings.database_url)
 
 
+def install_system_packages() -> None:
+    """The native stack's Debian packages (Orthanc, nginx, Redis), when missing."""
+    script = Path(__file__).resolve().parent / "install-system-packages.sh"
+    if subprocess.run([str(script)]).returncode != 0:
+        raise StackError(f"{script} could not install the Debian packages the stack needs")
+
+
 def up(settings: Settings) -> None:
     layout = Layout(settings.state_dir)
     if supervisord_pid(layout):
         say(f"the stack is already running (STATE_DIR={settings.state_dir}); `make down` stops it")
         status(settings)
         return
+    if containers.choose_mode() == "docker":
+        containers.up(settings, _port_in_use, lambda: _nginx_answers(settings))
+        _print_urls(settings)
+        return
+    install_system_packages()
     _check_ports_free(settings)
     prepare(settings)
     say("starting supervisord and the stack")
@@ -179,6 +200,10 @@ def up(settings: Settings) -> None:
     except StackError:
         say(supervisorctl(layout, "status").stdout)
         raise
+    _print_urls(settings)
+
+
+def _print_urls(settings: Settings) -> None:
     base = settings.public_base_url
     say("")
     say("zhiva local PACS is up:")
@@ -194,6 +219,10 @@ def up(settings: Settings) -> None:
 
 
 def down(settings: Settings) -> None:
+    record = containers.read_record(settings)
+    if record:
+        containers.down(settings, record)
+        return
     layout = Layout(settings.state_dir)
     pid = supervisord_pid(layout)
     if pid is None:
@@ -211,6 +240,10 @@ def down(settings: Settings) -> None:
 
 
 def status(settings: Settings) -> None:
+    record = containers.read_record(settings)
+    if record:
+        containers.status(settings, record)
+        return
     layout = Layout(settings.state_dir)
     running = supervisord_pid(layout) is not None
     states: dict[str, str] = {}
@@ -229,6 +262,10 @@ def status(settings: Settings) -> None:
 
 
 def logs(settings: Settings, lines: int = 15) -> None:
+    record = containers.read_record(settings)
+    if record:
+        containers.logs(settings, record, lines)
+        return
     layout = Layout(settings.state_dir)
     say(f"logs are in {layout.log_dir}")
     names = [f"{p.name}.log" for p in programs(settings)] + [
@@ -253,6 +290,14 @@ def _tail(path: Path, lines: int) -> list[str]:
         return handle.read().decode(errors="replace").splitlines()[-lines:]
 
 
+def admin(settings: Settings, arguments: list[str]) -> int:
+    """`zhiva-admin` on the running stack's database: natively, or in the token container."""
+    record = containers.read_record(settings)
+    if record:
+        return containers.run_in(settings, record, "token", ["zhiva-admin", *arguments])
+    return subprocess.run([str(VENV_BIN / "zhiva-admin"), *arguments]).returncode
+
+
 COMMANDS = {"up": up, "down": down, "status": status, "logs": logs, "prepare": prepare}
 
 
@@ -260,23 +305,29 @@ def running_settings() -> Settings:
     """Settings of the stack in STATE_DIR as `make up` started it (its knobs recorded)."""
     settings = load_settings(require_secrets=False)
     knobs = Layout(settings.state_dir).conf_dir / KNOBS_FILE
+    record = containers.read_record(settings)
+    if record:
+        return load_settings(dict(record.get("knobs") or {}), require_secrets=False)
     if not knobs.exists():
         return settings
     return load_settings(json.loads(knobs.read_text()), require_secrets=False)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in COMMANDS:
-        print(f"usage: python -m infra.stack {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
+    command = argv[0] if argv else ""
+    if command not in (*COMMANDS, "admin") or (command != "admin" and len(argv) != 1):
+        print(f"usage: python -m infra.stack {{{'|'.join(COMMANDS)}|admin ARGS…}}", file=sys.stderr)
         return 2
     try:
         # Only `up` needs the secrets; stopping or looking at a stack must work without them.
-        if argv[0] in ("up", "prepare"):
+        if command in ("up", "prepare"):
             settings = load_settings()
         else:
             settings = running_settings()
-        result = COMMANDS[argv[0]](settings)
-    except (SettingsError, StackError) as problem:
+        if command == "admin":
+            return admin(settings, argv[1:])
+        result = COMMANDS[command](settings)
+    except (SettingsError, StackError, ContainerError) as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0

@@ -3,7 +3,10 @@
 Nothing here is faked: Redis is a redis-server of the tests' own, the
 database is SQLite in a temporary directory or the machine's PostgreSQL in a
 database made for this run, and `stack` starts nginx, Orthanc, Redis and the
-three services under supervisord exactly as `make up` does.
+three services under supervisord exactly as `make up` does. With
+`--stack=containers` it is docker-compose.yml booted by `make up` with
+MODE=docker, and only the tests marked `e2e` (those that reach the stack
+where a user does) run.
 """
 
 from __future__ import annotations
@@ -22,9 +25,29 @@ from infra.setup import ensure_setup
 from services.shared.schema import upgrade
 from services.shared.settings import PROJECT_DIR
 from tests.support.redis_server import RedisServer
-from tests.support.stack import Stack
+from tests.support.stack import ContainerStack, Stack
 
 ADMIN_PASSWORD = "Admin-Passw0rd!"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stack",
+        choices=("native", "containers"),
+        default="native",
+        help="which stack the `stack` fixture starts; `containers` runs the e2e tests only",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Native: every test but the container-only ones; containers: e2e and those."""
+    if config.getoption("--stack") == "containers":
+        markers = ("e2e", "containers")
+        chosen = [item for item in items if any(item.get_closest_marker(m) for m in markers)]
+    else:
+        chosen = [item for item in items if not item.get_closest_marker("containers")]
+    config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+    items[:] = chosen
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +68,12 @@ def output_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, output_dir: Path) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, output_dir: Path
+) -> Iterator[Stack]:
     """nginx, Orthanc, Redis and the three services, started by `make up` on free ports."""
-    running = Stack.prepare(tmp_path_factory.mktemp("stack"), ADMIN_PASSWORD, output_dir)
+    kind = ContainerStack if request.config.getoption("--stack") == "containers" else Stack
+    running = kind.prepare(tmp_path_factory.mktemp("stack"), ADMIN_PASSWORD, output_dir)
     running.up()
     try:
         yield running

@@ -1,7 +1,8 @@
 """docker-compose.yml: rendered from the native stack's settings, and in step with them.
 
-No container engine runs here; what can be checked is that the committed file
-is exactly what the templates make and that it keeps the promised shape.
+Here: the committed file is exactly what the templates make and keeps the
+promised shape. Booting it for real is tests/test_containers.py and the e2e
+tests under `make test-containers`.
 """
 
 from __future__ import annotations
@@ -44,11 +45,18 @@ def test_only_https_and_dicom_are_published_and_data_is_in_a_volume():
         if "ports" in service
     }
     assert list(published) == ["network"]
-    container_ports = sorted(int(port.rsplit(":", 1)[1]) for port in published["network"])
-    assert container_ports == sorted([int(DEFAULTS["HTTPS_PORT"]), int(DEFAULTS["DICOM_PORT"])])
+    # Published on the same port inside and out (so URLs in tokens are right), each
+    # defaulting to the settings' default: "${BIND_ADDRESS:-…}:${HTTPS_PORT:-8443}:${…}".
+    https = "${HTTPS_PORT:-" + DEFAULTS["HTTPS_PORT"] + "}"
+    dicom = "${DICOM_PORT:-" + DEFAULTS["DICOM_PORT"] + "}"
+    assert published["network"] == [
+        f"${{BIND_ADDRESS:-127.0.0.1}}:{https}:{https}",
+        f"${{DICOM_BIND_ADDRESS:-0.0.0.0}}:{dicom}:{dicom}",
+    ]
     assert "state" in document["volumes"]
     for name in ("redis", "orthanc", "nginx", "policy", "token", "login"):
         service = document["services"][name]
         assert service["network_mode"] == "service:network"
         # Secrets (`.env`, keys) are mounted read-only everywhere but in the set-up.
-        assert ".:/config:ro" in service["volumes"]
+        assert "${CONFIG_DIR:-.}:/config:ro" in service["volumes"]
+        assert "state:/state" in service["volumes"]

@@ -137,6 +137,7 @@ def _instance_url(stack: Stack, ds: pydicom.Dataset) -> str:
 # --- STOW-RS and QIDO-RS ------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_stow_rs_stores_every_file(study):
     response = study["stow"]
     stored = {item.ReferencedSOPInstanceUID for item in response.ReferencedSOPSequence}
@@ -144,6 +145,7 @@ def test_stow_rs_stores_every_file(study):
     assert not response.get("FailedSOPSequence")
 
 
+@pytest.mark.e2e
 def test_stow_rs_with_a_viewer_token_is_refused_and_stores_nothing(stack, tokens):
     ds = wheel_dataset("CT_small.dcm")
     with pytest.raises(requests.HTTPError) as refused:
@@ -157,6 +159,7 @@ def test_stow_rs_with_a_viewer_token_is_refused_and_stores_nothing(stack, tokens
     )
 
 
+@pytest.mark.e2e
 def test_qido_rs_studies_series_and_instances_with_filters(stack, tokens, study):
     client = dicomweb(stack, tokens["viewer"])
     found = client.search_for_studies(
@@ -196,6 +199,7 @@ def test_qido_rs_studies_series_and_instances_with_filters(stack, tokens, study)
     assert len(everything) == len(study["datasets"])
 
 
+@pytest.mark.e2e
 def test_retrieve_urls_in_qido_answers_lead_to_the_study(stack, tokens, study):
     """The URLs Orthanc writes (no /zhiva prefix) are sent on to the checked location."""
     http = bearer_session(stack, tokens["viewer"])
@@ -215,6 +219,7 @@ def test_retrieve_urls_in_qido_answers_lead_to_the_study(stack, tokens, study):
 
 
 @pytest.mark.parametrize("name", ALL_FILES)
+@pytest.mark.e2e
 def test_wado_rs_instance_in_its_stored_syntax_is_byte_for_byte(stack, tokens, raw_study, name):
     ds, data = raw_study[name]
     syntax = ds.file_meta.TransferSyntaxUID
@@ -229,6 +234,7 @@ def test_wado_rs_instance_in_its_stored_syntax_is_byte_for_byte(stack, tokens, r
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_FILES if n not in ("rtdose.dcm",)])
+@pytest.mark.e2e
 def test_wado_rs_instance_with_dicomweb_client(stack, tokens, study, name):
     # dicomweb-client itself refuses to ask for implicit VR (rtdose.dcm); the raw test covers it.
     ds = study["datasets"][name]
@@ -242,6 +248,7 @@ def test_wado_rs_instance_with_dicomweb_client(stack, tokens, study, name):
 
 
 @pytest.mark.parametrize("name", ALL_FILES)
+@pytest.mark.e2e
 def test_ohif_accept_header_returns_the_stored_instance(stack, tokens, raw_study, name):
     ds, data = raw_study[name]
     response = bearer_session(stack, tokens["viewer"]).get(
@@ -251,6 +258,7 @@ def test_ohif_accept_header_returns_the_stored_instance(stack, tokens, raw_study
     assert multipart_parts(response) == [data]
 
 
+@pytest.mark.e2e
 def test_wado_rs_metadata_of_study_series_and_instance(stack, tokens, study):
     client = dicomweb(stack, tokens["viewer"])
     study_metadata = client.retrieve_study_metadata(study["uid"])
@@ -277,6 +285,7 @@ def _value(meta: dict[str, Any], keyword: str, default: Any = None) -> Any:
 
 
 @pytest.mark.parametrize("name", ALL_FILES)
+@pytest.mark.e2e
 def test_wado_rs_frames_are_the_stored_frames(stack, tokens, study, name):
     ds = study["datasets"][name]
     expected = frames_of(ds)
@@ -304,6 +313,7 @@ def test_wado_rs_frames_are_the_stored_frames(stack, tokens, study, name):
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_FILES if WHEEL_FILES.get(n, (None, True))[1]])
+@pytest.mark.e2e
 def test_wado_rs_rendered_instance_and_frame(stack, tokens, study, name):
     ds = study["datasets"][name]
     client = dicomweb(stack, tokens["viewer"])
@@ -321,6 +331,7 @@ def test_wado_rs_rendered_instance_and_frame(stack, tokens, study, name):
 # --- DICOM over TLS -----------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_c_echo_and_c_store_over_tls_then_found_by_qido(stack, tokens, tmp_path: Path):
     port = int(stack.env["DICOM_PORT"])
     assert c_echo(port, stack.ca_file, aet=stack.settings.dicom_aet)
@@ -340,6 +351,7 @@ def test_c_echo_and_c_store_over_tls_then_found_by_qido(stack, tokens, tmp_path:
     assert got == ds
 
 
+@pytest.mark.e2e
 def test_plain_c_store_association_is_refused_and_stores_nothing(stack, tokens):
     ds = wheel_dataset("CT_small.dcm")
     assert plain_c_store_refused(int(stack.env["DICOM_PORT"]), ds, aet=stack.settings.dicom_aet)
@@ -420,6 +432,7 @@ def viewer_study(stack, tokens) -> dict[str, Any]:
     return {"uid": study_uid, "instances": {i.sop_uid: i for i in instances}}
 
 
+@pytest.mark.e2e
 def test_viewer_opening_a_study_in_parallel_succeeds_with_a_viewer_token(
     stack, tokens, viewer_study
 ):
@@ -434,6 +447,7 @@ def test_viewer_opening_a_study_in_parallel_succeeds_with_a_viewer_token(
         assert split_multipart(fetched.content_type, fetched.body) == [expected]
 
 
+@pytest.mark.e2e
 def test_viewer_requests_without_a_token_are_each_refused(stack, tokens, viewer_study):
     with_token = _open_study(stack, tokens["viewer"], viewer_study["uid"])
     urls = [
@@ -461,6 +475,7 @@ def _lookup(session: requests.Session, stack: Stack, sop_uid: str) -> str:
     return next(item["ID"] for item in found if item["Type"] == "Instance")
 
 
+@pytest.mark.e2e
 def test_one_gigabyte_study_through_nginx(stack, tokens):
     """512 MiB in one multi-frame instance, then 512 MiB in 64 files: one STOW-RS request each."""
     study_uid = generate_uid()

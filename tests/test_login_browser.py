@@ -83,6 +83,7 @@ def sign_in_from_viewer(page, stack, viewer, username, password, *, prefix):
     return values["token"], json.loads(values["state"])
 
 
+@pytest.mark.e2e
 def test_sign_in_round_trip_and_single_redemption(page, stack, viewer, codec):
     username = f"reader-{secrets.token_hex(3)}"
     stack.create_user(username, PASSWORD, name="Browser Reader")
@@ -138,6 +139,7 @@ def test_sign_in_round_trip_and_single_redemption(page, stack, viewer, codec):
         "javascript:alert(document.domain)",
     ],
 )
+@pytest.mark.e2e
 def test_foreign_return_uri_stays_on_our_error_page(page, stack, return_uri):
     response = page.goto(f"{stack.base_url}/auth/sign-in?return_uri={quote(return_uri, safe='')}")
     assert response.status == 400
@@ -150,6 +152,7 @@ def test_foreign_return_uri_stays_on_our_error_page(page, stack, return_uri):
         shot(page, stack, "sign-in-foreign-return-uri")
 
 
+@pytest.mark.e2e
 def test_admin_token_page_then_the_new_user_signs_in(page, stack, viewer, codec):
     """/auth/token: create a user, confirm, copy the token; then that user signs in."""
     username = f"editor-{secrets.token_hex(3)}"

@@ -88,6 +88,7 @@ def _forged_values(stack) -> list[str]:
 
 
 @pytest.mark.stack
+@pytest.mark.e2e
 def test_forged_decided_header_through_nginx_is_useless(stack, users):
     """Even the real value, sent by a client, is replaced by nginx after the policy decided."""
     codec, made = users
@@ -114,6 +115,7 @@ def test_orthanc_port_trusts_only_the_exact_value(stack):
 
 
 @pytest.mark.stack
+@pytest.mark.e2e
 def test_nginx_cached_grant_serves_no_other_origin_method_or_token(stack, users):
     codec, made = users
     bound = codec.issue(TokenKind.ACCESS, made["editor"], audience="https://app.zhiva.ai")[0]

@@ -91,6 +91,7 @@ def test_huge_json_bodies_are_refused_with_413(stack, path):
     assert user_count(stack) == before
 
 
+@pytest.mark.e2e
 def test_huge_form_on_the_admin_page_is_refused_with_413(stack):
     with stack.http() as http:
         answer = http.post(
@@ -139,6 +140,7 @@ def test_sql_in_sign_user_fields_is_only_a_failed_sign_in(stack):
         assert session.scalar(text("PRAGMA integrity_check")) == "ok"
 
 
+@pytest.mark.e2e
 def test_html_in_sign_in_parameters_is_shown_escaped(stack):
     response_type = json.dumps({"type": "authToken", "returnParams": {"x": HOSTILE}})
     url = (
@@ -220,6 +222,7 @@ def test_spoofed_client_address_does_not_escape_the_admin_password_throttle(stac
     ],
     ids=["host", "host-and-forwarded-host", "forwarded-host"],
 )
+@pytest.mark.e2e
 def test_host_header_does_not_change_urls_in_tokens(stack, headers):
     public = stack.settings.public_base_url
     answer = generate(stack, body_for(f"host-{uuid.uuid4().hex[:8]}"), **headers)

@@ -41,6 +41,7 @@ CHECKS = [
 ]
 
 
+@pytest.mark.e2e
 def test_the_description_is_served(stack):  # type: ignore[no-untyped-def]
     with stack.http() as http:
         served = http.get(f"{stack.base_url}/auth/openapi.json", timeout=30)

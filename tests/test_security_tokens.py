@@ -136,6 +136,7 @@ REFUSED = {0, 400, 401, 403, 414, 431}
     [("auth", "/auth/generate-access-token"), ("refresh", "/auth/refresh-token")],
     ids=["redeem", "refresh"],
 )
+@pytest.mark.e2e
 def test_token_service(stack, forger, case, kind, path):
     token = forger.token(kind, case)
     with stack.http() as http:
@@ -148,6 +149,7 @@ def test_token_service(stack, forger, case, kind, path):
 
 @pytest.mark.parametrize("case", ["control", *CASES])
 @pytest.mark.parametrize("how", ["token", "bearer", "query"])
+@pytest.mark.e2e
 def test_pacs_through_nginx(stack, forger, case, how):
     token = forger.token("access", case)
     url = f"{stack.base_url}/zhiva/pacs/studies"

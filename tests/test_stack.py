@@ -23,12 +23,14 @@ pytestmark = pytest.mark.stack
 STACK_PROGRAMS = ("redis", "orthanc", "policy", "token", "login", "nginx")
 
 
+@pytest.mark.e2e
 def test_admin_page_through_nginx(stack):
     response = stack.http().get(f"{stack.base_url}/auth/token")
     assert response.status_code == 200
     assert "text/html" in response.headers["Content-Type"]
 
 
+@pytest.mark.e2e
 def test_orthanc_explorer_static_page_needs_no_token(stack):
     response = stack.http().get(f"{stack.base_url}/zhiva/app/explorer.html")
     assert response.status_code == 200
@@ -36,6 +38,7 @@ def test_orthanc_explorer_static_page_needs_no_token(stack):
 
 
 @pytest.mark.parametrize("path", ["/zhiva/pacs/studies", "/zhiva/studies", "/zhiva/system"])
+@pytest.mark.e2e
 def test_orthanc_without_a_token_is_refused(stack, path):
     response = stack.http().get(f"{stack.base_url}{path}")
     assert response.status_code == 401
@@ -46,6 +49,7 @@ def test_orthanc_port_without_a_token_is_refused(stack):
 
 
 @pytest.mark.parametrize("service", ["token", "login", "policy"])
+@pytest.mark.e2e
 def test_each_service_health_through_its_route(stack, service):
     response = stack.http().get(f"{stack.base_url}/auth/healthz/{service}")
     assert response.status_code == 200
@@ -53,10 +57,12 @@ def test_each_service_health_through_its_route(stack, service):
     assert response.json()["checks"] == {"redis": True, "database": True}
 
 
+@pytest.mark.e2e
 def test_unknown_paths_are_404(stack):
     assert stack.http().get(f"{stack.base_url}/nothing-here").status_code == 404
 
 
+@pytest.mark.e2e
 def test_cors_echoes_allowed_origins_only(stack):
     http = stack.http()
     allowed = http.options(
@@ -70,6 +76,7 @@ def test_cors_echoes_allowed_origins_only(stack):
     assert "Access-Control-Allow-Origin" not in foreign.headers
 
 
+@pytest.mark.e2e
 def test_tls_only_with_the_generated_certificate(stack):
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(f"{stack.base_url}/auth/token", timeout=5)  # system CAs do not know it
@@ -118,6 +125,7 @@ def test_a_killed_process_is_brought_back(stack, program):
     wait_until(lambda: stack.http().get(health, timeout=3).status_code == 200, 30, "health again")
 
 
+@pytest.mark.e2e
 def test_dicom_tls_echo_and_plain_association_refused(stack):
     port = int(stack.env["DICOM_PORT"])
     assert c_echo(port, stack.ca_file)

@@ -55,6 +55,12 @@ def association(
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
+        # A refused association can keep its socket open inside a reference cycle
+        # the caller's `as` name still reaches (seen behind a container engine's port
+        # forwarding): close it here rather than leave it to a later collection.
+        transport = getattr(assoc.dul, "socket", None)
+        if transport is not None and transport.socket is not None:
+            transport.socket.close()
         del assoc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)

@@ -1,9 +1,15 @@
-"""The whole stack, started the way a user starts it (`make up`), in a temporary directory."""
+"""The whole stack, started the way a user starts it (`make up`), in a temporary directory.
+
+`Stack` is the native stack (`MODE=native`); `ContainerStack` is docker-compose.yml
+booted by the same `make up` with `MODE=docker`, reached only where a user
+reaches it: the published HTTPS and DICOM ports, and `make admin`.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +17,7 @@ from typing import Any
 import redis
 import requests
 
+from infra.containers import container_id, find_engine
 from infra.render import Layout
 from services.shared.accounts import save_user
 from services.shared.db import Database
@@ -52,14 +59,19 @@ class Stack:
             HTTPS_PORT=str(free_port()),
             DICOM_PORT=str(free_port()),
             ADMIN_PASSWORD=admin_password,
+            # A machine with Docker or Podman would otherwise get containers.
+            MODE="native",
         )
         env.update({name: str(free_port()) for name in INTERNAL_PORTS})
         return cls(root=root, admin_password=admin_password, output_dir=output_dir, env=env)
 
-    def make(self, target: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def make(
+        self, target: str, timeout: float = 300, **variables: str
+    ) -> subprocess.CompletedProcess[str]:
         """Run a Makefile target as a user would, with this stack's environment."""
+        assigned = [f"{name}={value}" for name, value in variables.items()]
         result = subprocess.run(
-            ["make", "--no-print-directory", "-C", str(PROJECT_DIR), target],
+            ["make", "--no-print-directory", "-C", str(PROJECT_DIR), target, *assigned],
             env=self.env,
             capture_output=True,
             text=True,
@@ -162,3 +174,101 @@ class Stack:
                 can_edit=can_edit,
                 is_admin=is_admin,
             )
+
+
+class NativeOnly(AssertionError):
+    """A test reached inside the containers: it belongs to the native stack's tests only."""
+
+
+@dataclass
+class ContainerStack(Stack):
+    """docker-compose.yml run by Docker or Podman: `make up` with MODE=docker."""
+
+    @classmethod
+    def prepare(cls, root: Path, admin_password: str, output_dir: Path) -> ContainerStack:
+        stack = super().prepare(root, admin_password, output_dir)
+        assert isinstance(stack, ContainerStack)
+        stack.env.update(MODE="docker", COMPOSE_PROJECT_NAME=f"zhiva-test-{uuid.uuid4().hex[:8]}")
+        # Inside the containers every internal port is the default; none is published.
+        for name in INTERNAL_PORTS:
+            del stack.env[name]
+        return stack
+
+    def up(self) -> subprocess.CompletedProcess[str]:
+        # The first run builds the base image and both images: minutes, not seconds.
+        return self.make("up", timeout=1500)
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        result = super().down()
+        engine = find_engine()
+        if engine is not None:  # the test run's data volume goes with it
+            engine.run("volume", "rm", "-f", f"{self.env['COMPOSE_PROJECT_NAME']}_state")
+        return result
+
+    def create_user(
+        self,
+        username: str,
+        password: str,
+        *,
+        name: str | None = None,
+        can_edit: bool = False,
+        is_admin: bool = False,
+    ) -> User:
+        """What `make admin ARGS="create-user …"` runs: zhiva-admin in the token container."""
+        arguments = ["create-user", username, "--name", name or username, "--password-stdin"]
+        arguments += ["--can-edit"] if can_edit else ["--read-only"]
+        arguments += ["--admin"] if is_admin else []
+        result = subprocess.run(
+            [str(PROJECT_DIR / ".venv" / "bin" / "python"), "-m", "infra.stack", "admin"]
+            + arguments,
+            cwd=PROJECT_DIR,
+            env=self.env,
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"create-user failed: {result.stdout}{result.stderr}")
+        # `created <username>`: the name as the service stores it (normalised).
+        return User(
+            username=result.stdout.split()[-1],
+            name=name or username,
+            can_edit=can_edit,
+            is_admin=is_admin,
+            token_generation=0,
+            disabled=False,
+        )
+
+    def container(self, service: str) -> str:
+        """The id of the service's container (what `docker|podman exec/inspect` take)."""
+        engine = find_engine()
+        assert engine is not None, "no container engine answers"
+        found = container_id(engine, self.env["COMPOSE_PROJECT_NAME"], service)
+        assert found, f"no {service} container"
+        return found
+
+    def engine(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        engine = find_engine()
+        assert engine is not None, "no container engine answers"
+        return engine.run(*args, check=check)
+
+    def _inside(self, what: str) -> NativeOnly:
+        return NativeOnly(f"{what} is inside the containers; such a test is native-only (no e2e)")
+
+    @property
+    def layout(self) -> Layout:
+        raise self._inside("STATE_DIR")
+
+    @property
+    def orthanc_url(self) -> str:
+        raise self._inside("Orthanc's HTTP port")
+
+    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        raise self._inside("supervisord")
+
+    def redis(self) -> redis.Redis:
+        raise self._inside("Redis")
+
+    def database(self) -> Database:
+        raise self._inside("the database")
