@@ -20,6 +20,9 @@ declare -A why=(
   [runc]="the container runtime Podman is set to use (crun fails on some hosts' cgroups)"
   [catatonit]="the init process of containers started with init: true"
   [debootstrap]="makes the debian:bookworm-slim base image where no registry answers"
+  [netavark]="Podman's container networks (the set-up container's own network)"
+  [aardvark-dns]="name resolution on Podman's container networks"
+  [iptables]="Podman's port publishing (HTTPS and DICOM TLS)"
 )
 # A package counts as present when the file it provides is there.
 declare -A provides=(
@@ -36,12 +39,15 @@ declare -A provides=(
   [runc]=/usr/sbin/runc
   [catatonit]=/usr/bin/catatonit
   [debootstrap]=/usr/sbin/debootstrap
+  [netavark]=/usr/lib/podman/netavark
+  [aardvark-dns]=/usr/lib/podman/aardvark-dns
+  [iptables]=/usr/sbin/iptables
 )
 case "${1:-}" in
   "") wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make) ;;
   --test) wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make
                   chromium wrk) ;;
-  --containers) wanted=(podman runc catatonit debootstrap) ;;
+  --containers) wanted=(podman runc catatonit netavark aardvark-dns iptables debootstrap) ;;
   *) echo "usage: $0 [--test|--containers]" >&2; exit 2 ;;
 esac
 
