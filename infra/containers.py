@@ -274,8 +274,23 @@ def build_ca_certs(environ: dict[str, str] | os._Environ[str] = os.environ) -> s
     return text
 
 
+def native_versions() -> str:
+    """`pip freeze` of the native `.venv`: the services image installs the same versions."""
+    pip = VENV_BIN / "pip"
+    if not pip.exists():
+        return ""
+    result = subprocess.run(
+        [str(pip), "freeze", "--exclude-editable", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.stdout if result.returncode == 0 else ""
+
+
 def build_images(engine: Engine, log_dir: Path) -> None:
     ca_certs = build_ca_certs()
+    versions = native_versions()
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name, image in IMAGES.items():
         log = log_dir / f"build-{name}.log"
@@ -283,6 +298,8 @@ def build_images(engine: Engine, log_dir: Path) -> None:
         command = [engine.name, "build", "-f", f"infra/docker/{name}.Dockerfile", "-t", image]
         if ca_certs:
             command += ["--build-arg", f"BUILD_CA_CERTS={ca_certs}"]
+        if name == "services" and versions:
+            command += ["--build-arg", f"PIP_CONSTRAINTS={versions}"]
         started = time.monotonic()
         with log.open("w") as handle:
             process = subprocess.Popen(

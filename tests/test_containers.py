@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from infra.containers import SERVICES
+from infra.containers import SERVICES, native_versions
 from tests.support.dicomweb import access_token, dicomweb, wheel_dataset
 from tests.support.processes import wait_until
 from tests.support.stack import ContainerStack
@@ -144,3 +144,15 @@ def test_images_hold_no_secrets_or_state(stack: ContainerStack):
             ")",
         ).stdout.split()
         assert found == [], (service, found)
+
+
+def test_services_run_the_python_packages_the_native_stack_runs(stack: ContainerStack):
+    native = {
+        line.split("==")[0].lower(): line for line in native_versions().splitlines() if "==" in line
+    }
+    frozen = stack.engine(
+        "exec", stack.container("token"), "/app/.venv/bin/pip", "freeze", "--exclude-editable"
+    ).stdout.splitlines()
+    inside = {line.split("==")[0].lower(): line for line in frozen if "==" in line}
+    for package in ("flask", "joserfc", "sqlalchemy", "gunicorn", "redis", "bcrypt", "alembic"):
+        assert inside[package] == native[package], package

@@ -9,13 +9,17 @@ WORKDIR /app
 # rebuilds only the last, small layer. Where HTTPS to PyPI is intercepted, the
 # build host's extra CA certificates (PEM text; off by default) are trusted for
 # this step only and left out of the image.
+# `make up` passes the native .venv's `pip freeze` as PIP_CONSTRAINTS, so the
+# containers run the versions the native stack and its tests run.
 ARG BUILD_CA_CERTS=""
+ARG PIP_CONSTRAINTS=""
 COPY pyproject.toml README.md ./
 RUN python3 -m venv /app/.venv \
  && { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$BUILD_CA_CERTS"; } > /tmp/build-ca.crt \
+ && printf '%s\n' "$PIP_CONSTRAINTS" > /tmp/constraints.txt \
  && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > /tmp/requirements.txt \
- && PIP_CERT=/tmp/build-ca.crt /app/.venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt \
- && rm /tmp/build-ca.crt /tmp/requirements.txt
+ && PIP_CERT=/tmp/build-ca.crt /app/.venv/bin/pip install --no-cache-dir --disable-pip-version-check -c /tmp/constraints.txt -r /tmp/requirements.txt \
+ && rm /tmp/build-ca.crt /tmp/requirements.txt /tmp/constraints.txt
 COPY services ./services
 COPY infra ./infra
 # Editable, so the code stays at /app (the project directory the configuration names);
