@@ -157,17 +157,25 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def memory_of(pid: int) -> tuple[float, float]:
-    """(RSS MB, PSS MB) of a process and its children (gunicorn master + workers, nginx)."""
-    rss = pss = 0
+def memory_by_process(pid: int) -> list[tuple[int, float, float]]:
+    """(pid, RSS MB, PSS MB) of a process and each of its children, parent first."""
+    found = []
     for each in _tree(pid):
         try:
             text = Path(f"/proc/{each}/smaps_rollup").read_text()
         except OSError:
             continue
+        rss = pss = 0
         for line in text.splitlines():
             if line.startswith("Rss:"):
-                rss += int(line.split()[1])
+                rss = int(line.split()[1])
             elif line.startswith("Pss:"):
-                pss += int(line.split()[1])
-    return rss / 1024, pss / 1024
+                pss = int(line.split()[1])
+        found.append((each, rss / 1024, pss / 1024))
+    return found
+
+
+def memory_of(pid: int) -> tuple[float, float]:
+    """(RSS MB, PSS MB) of a process and its children (gunicorn master + workers, nginx)."""
+    processes = memory_by_process(pid)
+    return sum(p[1] for p in processes), sum(p[2] for p in processes)

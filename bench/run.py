@@ -14,8 +14,10 @@ from typing import Any
 import requests
 
 from bench.environment import BareOrthanc, BenchNginx
-from bench.loads import Series, memory_of, timed, upload, wrk
+from bench.loads import Series, memory_by_process, memory_of, timed, upload, wrk
 from bench.study import Study, make_study, with_new_uids
+from services.policy_service.handoff import HEADER as HANDOFF_HEADER
+from services.policy_service.handoff import decided_value
 from services.shared.accounts import identity
 from services.shared.tokens import TokenCodec, TokenKind
 from tests.support.stack import Stack
@@ -37,7 +39,9 @@ class Knobs:
     ct_slices: int = int(os.environ.get("BENCH_CT_SLICES", "200"))
     multiframes: int = int(os.environ.get("BENCH_MULTIFRAMES", "3"))
     frames: int = int(os.environ.get("BENCH_FRAMES", "40"))
-    uploads: int = int(os.environ.get("BENCH_UPLOADS", "150"))
+    # About 200 MB a run: at 200-300 MB/s a run lasts about a second, long enough to
+    # measure (150 gave 0.3-s runs, whose ratios moved by ±0.1 from run to run).
+    uploads: int = int(os.environ.get("BENCH_UPLOADS", "400"))
     token_calls: int = int(os.environ.get("BENCH_TOKEN_CALLS", "20"))
 
 
@@ -53,6 +57,8 @@ class Results:
     uploads: dict[tuple[str, str], Series] = field(default_factory=dict)
     tokens: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     memory: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    # Idle, per process of the three services: (service, pid, RSS MB, PSS MB), master first.
+    processes: list[tuple[str, int, float, float]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -268,24 +274,37 @@ class Bench:
     # ----------------------------------------------------------- (3) uploads
 
     def uploads(self) -> None:
+        """Upload MB/s through four paths, interleaved run by run.
+
+        The target compares the stack with Orthanc directly; the two middle paths
+        split the gap: nginx/TLS without authorization (to the bare Orthanc) is what
+        TLS and the proxy hop cost, the stack's own Orthanc called directly with
+        nginx's decided header is what its Python plugin costs.
+        """
         knobs, results = self.knobs, self.results
         source = self.ct.data
+        decided = {HANDOFF_HEADER: decided_value(self.stack.settings.secret_key)}
+        targets = (
+            ("stack", self.stack.base_url + "/zhiva", self.http, {"token": self.editor_token}),
+            (
+                "nginx, no authorization",
+                f"https://localhost:{self.nginx.noauth_port}/zhiva",
+                self.http,
+                {},
+            ),
+            ("stack's Orthanc directly", self.stack.orthanc_url, self.direct, decided),
+            ("Orthanc directly", self.bare.url, self.direct, {}),
+        )
         for method in ("STOW-RS", "POST /instances"):
             stow = method == "STOW-RS"
+            path = "/pacs/studies" if stow else "/instances"
             for _ in range(knobs.runs):
-                for target in ("stack", "Orthanc directly"):
+                for target, base, session, headers in targets:
                     series = results.uploads.setdefault((method, target), Series())
                     bodies = [with_new_uids(source) for _ in range(knobs.uploads)]
-                    path = "/pacs/studies" if stow else "/instances"
-                    if target == "stack":
-                        url = self.stack.base_url + "/zhiva" + path
-                        session, headers = self.http, {"token": self.editor_token}
-                    else:
-                        url = self.bare.url + path
-                        session, headers = self.direct, {}
-                    mb_s = upload(session, url, bodies, stow=stow, headers=headers)
+                    mb_s = upload(session, base + path, bodies, stow=stow, headers=headers)
                     series.runs.append(_run_mb(mb_s))
-            for target in ("stack", "Orthanc directly"):
+            for target, *_ in targets:
                 series = results.uploads[(method, target)]
                 say(f"upload {method} via {target}: {series.median('mb_per_s'):.1f} MB/s")
 
@@ -365,6 +384,10 @@ class Bench:
         for name in COMPONENTS:
             if name in pids:
                 self.results.memory[(name, state)] = memory_of(pids[name])
+        for name in SERVICES:
+            if name in pids:
+                for pid, rss, pss in memory_by_process(pids[name]):
+                    self.results.processes.append((name, pid, rss, pss))
 
     def during_load(self, endpoint: str) -> None:
         # Each component at its peak over the e2e runs: keep the largest sample.

@@ -1,6 +1,6 @@
 """The access decision through both endpoints: the Orthanc webhook and nginx's auth_request.
 
-Real Redis, real SQLite, real RS256 tokens; the Flask test client stands in
+Real Redis, real SQLite, real RS256 tokens; Werkzeug's test client stands in
 for the HTTP callers only (Orthanc and nginx are exercised in
 test_policy_orthanc.py).
 """
@@ -19,11 +19,14 @@ from typing import Any
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from werkzeug.test import Client
 
 from services.policy_service import create_app
 from services.policy_service.decision import MAX_VALIDITY_SECONDS
 from services.policy_service.permissions import Role, normalise_path, required_role
+from services.policy_service.users import UserTable
 from services.shared.accounts import identity, revoke_all_tokens, save_user, set_disabled
+from services.shared.db import Database
 from services.shared.schema import upgrade
 from services.shared.settings import load_settings
 from services.shared.tokens import TokenCodec, TokenKind
@@ -130,7 +133,9 @@ def policy(config_dir: Path, redis_server: Any, tmp_path_factory: pytest.TempPat
         "REDIS_KEY_PREFIX": f"test-{uuid.uuid4().hex}:",
         "TESTING": True,
     }
-    return Policy(create_app(config), config)
+    policy = Policy(create_app(config), config)
+    yield policy
+    policy.database.engine.dispose()
 
 
 class Policy:
@@ -141,9 +146,12 @@ class Policy:
         self.config = config
         self.settings = load_settings(config)
         self.codec = TokenCodec.from_settings(self.settings, can_sign=True)
-        self.client = app.test_client()
+        self.client = Client(app)
+        # The policy service reads users without SQLAlchemy; the test writes them with it,
+        # as the token service and zhiva-admin do.
+        self.database = Database(self.settings.database_url)
         self.users: dict[str, Any] = {}
-        with self.resources.db.session() as session:
+        with self.database.session() as session:
             for role in ROLES + ("victim",):
                 self.users[role] = identity(
                     save_user(
@@ -157,12 +165,12 @@ class Policy:
                 )
 
     @property
-    def resources(self) -> Any:
-        return self.app.extensions["zhiva"]
+    def revocations(self) -> Any:
+        return self.app.revocations
 
     @property
     def engine(self) -> Any:
-        return self.app.extensions["zhiva_policy"]
+        return self.app.engine
 
     def token(self, role: str, state: str = "valid", *, audience: str | None = None) -> str:
         ident = self.users[role]
@@ -185,9 +193,9 @@ class Policy:
             signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
             token = signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
         elif state == "revoked":
-            self.resources.revocations.revoke(claims["jti"], claims["exp"])
+            self.revocations.revoke(claims["jti"], claims["exp"])
         elif state == "used auth":
-            assert self.resources.revocations.redeem_once(claims["jti"], claims["exp"])
+            assert self.revocations.redeem_once(claims["jti"], claims["exp"])
         return token
 
     def webhook(self, method: str, path: str, token: str | None, **extra: Any) -> dict[str, Any]:
@@ -385,7 +393,7 @@ def test_webhook_validity_never_past_expiry(policy):
 )
 def test_webhook_names_the_effective_role(policy, role, expected):
     if role == "demoted":
-        with policy.resources.db.session() as session:
+        with policy.database.session() as session:
             policy.users["demoted2"] = identity(
                 save_user(session, name="D", username="demoted2", password=PASSWORD, can_edit=False)
             )
@@ -470,7 +478,7 @@ def test_revoked_token_loses_access_within_5_seconds(policy):
     token = policy.token("victim")
     assert policy.grants("GET", "/system", token) == (True, True)
     claims = policy.codec.verify(token, TokenKind.ACCESS)
-    policy.resources.revocations.revoke(claims["jti"], claims["exp"])
+    policy.revocations.revoke(claims["jti"], claims["exp"])
     # The caller's cache (validity) comes on top of the service's own.
     assert _denied_within(policy, token, 5 - MAX_VALIDITY_SECONDS) < 5
 
@@ -479,42 +487,74 @@ def test_redeemed_auth_token_loses_access(policy):
     token = policy.token("victim", "auth")
     assert policy.grants("GET", "/system", token) == (True, True)
     claims = policy.codec.verify(token, TokenKind.AUTH)
-    assert policy.resources.revocations.redeem_once(claims["jti"], claims["exp"])
+    assert policy.revocations.redeem_once(claims["jti"], claims["exp"])
     _denied_within(policy, token, 5 - MAX_VALIDITY_SECONDS)
 
 
 def test_disabled_user_and_new_generation_lose_access(policy):
-    with policy.resources.db.session() as session:
+    with policy.database.session() as session:
         save_user(session, name="Tmp", username="tmp", password=PASSWORD, can_edit=True)
         policy.users["tmp"] = identity(set_disabled(session, "tmp", False))
     token = policy.token("tmp")
     assert policy.grants("GET", "/system", token) == (True, True)
-    with policy.resources.db.session() as session:
+    with policy.database.session() as session:
         set_disabled(session, "tmp", True)
     _denied_within(policy, token, 5 - MAX_VALIDITY_SECONDS)
-    with policy.resources.db.session() as session:
+    with policy.database.session() as session:
         set_disabled(session, "tmp", False)
     time.sleep(2.1)
     assert policy.grants("GET", "/system", token) == (True, True)
-    with policy.resources.db.session() as session:
+    with policy.database.session() as session:
         revoke_all_tokens(session, "tmp")
     _denied_within(policy, token, 5 - MAX_VALIDITY_SECONDS)
 
 
 def test_demoted_editor_loses_write_at_once_from_the_database(policy):
-    with policy.resources.db.session() as session:
+    with policy.database.session() as session:
         policy.users["demoted"] = identity(
             save_user(session, name="Demoted", username="demoted", password=PASSWORD, can_edit=True)
         )
     token = policy.token("demoted")
     assert policy.grants("POST", "/instances", token) == (True, True)
-    with policy.resources.db.session() as session:
+    with policy.database.session() as session:
         save_user(session, name="Demoted", username="demoted", password=PASSWORD, can_edit=False)
     start = time.monotonic()
     while policy.grants("POST", "/instances", token) != (False, False):
         assert time.monotonic() - start < 5 - MAX_VALIDITY_SECONDS
         time.sleep(0.1)
     assert policy.grants("GET", "/system", token) == (True, True)
+
+
+# --- health and other paths ---------------------------------------------------------------------
+
+
+def test_healthz_reports_redis_and_database(policy, monkeypatch):
+    response = policy.client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "service": "policy",
+        "status": "ok",
+        "checks": {"redis": True, "database": True},
+    }
+    monkeypatch.setattr(policy.app, "users", UserTable("sqlite:////nonexistent/dir/zhiva.db"))
+    response = policy.client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"] == {"redis": True, "database": False}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 404),
+        ("GET", "/webhook", 404),
+        ("POST", "/other", 404),
+        ("POST", "/healthz", 405),
+    ],
+)
+def test_other_paths_answer_in_the_one_error_shape(policy, method, path, status):
+    response = policy.client.open(path, method=method)
+    assert response.status_code == status
+    assert set(response.get_json()) == {"message"}
 
 
 # --- fail closed --------------------------------------------------------------------------------
@@ -531,11 +571,9 @@ def test_redis_down_denies(policy, monkeypatch):
 
 
 def test_database_error_denies_and_is_logged(policy, monkeypatch, caplog):
-    from services.shared.db import Database
-
     token = policy.token("admin")
     policy.engine.clear_caches()
-    monkeypatch.setattr(policy.engine, "db", Database("sqlite:////nonexistent/dir/zhiva.db"))
+    monkeypatch.setattr(policy.engine, "users", UserTable("sqlite:////nonexistent/dir/zhiva.db"))
     with caplog.at_level("ERROR", logger="zhiva.policy"):
         assert policy.grants("GET", "/system", token) == (False, False)
     assert "policy decision failed" in caplog.text

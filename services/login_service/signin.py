@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from sqlalchemy.orm import Session
 
 from services.shared.accounts import authenticate, identity
-from services.shared.models import normalise_username
+from services.shared.names import normalise_username
 from services.shared.origins import Origin, OriginPolicy, parse_origin
 from services.shared.throttle import Throttle
 from services.shared.tokens import Identity

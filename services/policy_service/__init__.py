@@ -1,27 +1,51 @@
-"""The policy service: decides, from the token, who may read and who may write in Orthanc."""
+"""The policy service: decides, from the token, who may read and who may write in Orthanc.
+
+A plain WSGI application, not Flask like the token and login services: its
+three endpoints (routes.py) need none of Flask, and neither Flask nor
+SQLAlchemy is loaded, so every policy process (gunicorn's master and one
+worker per core) carries about 26 MB less heap (issue 6, docs/BENCHMARKS.md;
+tests/test_policy_users.py checks it stays so).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask
-
-from services.shared.web import create_service_app, resources
+from services.shared.revocation import RevocationStore, redis_client
+from services.shared.settings import Settings, load_settings
+from services.shared.tokens import TokenCodec
 
 from .audit import AuditLog, log_to_stderr
 from .decision import PolicyEngine
-from .routes import DecisionEndpoints
+from .routes import DecisionEndpoints, HealthEndpoint, StartResponse
+from .users import UserTable
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
-    app = create_service_app(__name__, "policy", config, can_sign=False)
-    with app.app_context():
-        res = resources()
-    engine = PolicyEngine(res.codec, res.revocations, res.db)
-    audit = AuditLog(res.settings.state_dir / "logs" / "audit.log")
+class PolicyApp:
+    """The WSGI callable gunicorn serves: decisions first, then `/healthz`, 404 for the rest."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.users = UserTable(settings.database_url)
+        self.revocations = RevocationStore(
+            redis_client(settings.redis_url), settings.redis_key_prefix
+        )
+        self.engine = PolicyEngine(
+            TokenCodec.from_settings(settings, can_sign=False), self.revocations, self.users
+        )
+        self.audit = AuditLog(settings.state_dir / "logs" / "audit.log")
+        health = HealthEndpoint(
+            "policy",
+            {"redis": lambda: self.revocations.ping(), "database": lambda: self.users.ping()},
+        )
+        self.wsgi_app = DecisionEndpoints(health, self.engine, self.audit)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        return self.wsgi_app(environ, start_response)
+
+
+def create_app(config: dict[str, Any] | None = None) -> PolicyApp:
+    app = PolicyApp(load_settings(config))
     log_to_stderr()
-    app.extensions["zhiva_policy"] = engine
-    app.extensions["zhiva_audit"] = audit
-    # POST /webhook and GET /authorize: served before Flask (routes.py says why).
-    app.wsgi_app = DecisionEndpoints(app.wsgi_app, engine, audit)  # type: ignore[method-assign]
     return app

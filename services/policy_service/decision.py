@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from services.shared.accounts import find_user
-from services.shared.db import Database
 from services.shared.revocation import RevocationStore, StoreUnavailable
 from services.shared.tokens import (
     TokenCodec,
@@ -36,6 +34,7 @@ from services.shared.tokens import (
 )
 
 from .permissions import Role, required_role, role_of
+from .users import UserTable
 
 log = logging.getLogger("zhiva.policy")
 
@@ -128,13 +127,13 @@ class PolicyEngine:
         self,
         codec: TokenCodec,
         revocations: RevocationStore,
-        db: Database,
+        users: UserTable,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.codec = codec
         self.revocations = revocations
-        self.db = db
+        self.users = users
         self.clock = clock
         # Claims of a valid token, or the reason it was refused ("expired" or the invalid reason).
         self._tokens: TTLCache[tuple[str, str | None], dict[str, Any] | tuple[str, str]] = TTLCache(
@@ -236,14 +235,11 @@ class PolicyEngine:
     def _user_state(self, username: str, now: float) -> UserState:
         state = self._users.get(username, now)
         if state is None:
-            with self.db.session() as session:
-                user = find_user(session, username)
-                state = (
-                    _NO_USER
-                    if user is None
-                    else UserState(
-                        True, user.disabled, user.token_generation, user.can_edit, user.is_admin
-                    )
-                )
+            row = self.users.find(username)
+            state = (
+                _NO_USER
+                if row is None
+                else UserState(True, row.disabled, row.generation, row.can_edit, row.is_admin)
+            )
             self._users.put(username, state, now + USER_CACHE_SECONDS)
         return state

@@ -1,11 +1,12 @@
 """The two endpoints of the policy service: the Orthanc webhook and nginx's auth_request check.
 
 Every request that reaches Orthanc passes one of them (issue 6), so they are
-served by a small WSGI layer in front of Flask rather than by Flask routes:
-Flask's request context, session and URL map would cost several times the
-decision itself. They only parse the request into an `AccessRequest`, ask the
-one decision function, write the audit line and shape the answer; every
-other path (`/healthz`, errors) is Flask's.
+plain WSGI: a framework's request context and URL map would cost several
+times the decision itself, and the service loads no Flask at all (its heap
+would sit in every policy process, issue 6). They only parse the request into
+an `AccessRequest`, ask the one decision function, write the audit line and
+shape the answer; `/healthz` and the 404 for any other path are
+`HealthEndpoint`'s.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ log = logging.getLogger("zhiva.policy")
 
 WEBHOOK_PATH = "/webhook"
 AUTHORIZE_PATH = "/authorize"
+HEALTH_PATH = "/healthz"
+# Werkzeug's wording, as the other services answer (services/shared/web.py).
+NOT_FOUND = (
+    "The requested URL was not found on the server. If you entered the URL manually "
+    "please check your spelling and try again."
+)
+NOT_ALLOWED = "The method is not allowed for the requested URL."
 WEBHOOK_METHODS = frozenset({"get", "post", "put", "delete"})
 WEBHOOK_LEVELS = {
     "patient": "patients",
@@ -117,7 +125,7 @@ def nginx_request(environ: dict[str, Any]) -> AccessRequest | None:
 
 
 class DecisionEndpoints:
-    """WSGI middleware: answers POST /webhook and GET /authorize, passes the rest to Flask."""
+    """WSGI middleware: answers POST /webhook and GET /authorize, passes the rest to `app`."""
 
     def __init__(self, app: WSGIApp, engine: PolicyEngine, audit: AuditLog) -> None:
         self.app = app
@@ -220,10 +228,38 @@ def _json_body(environ: dict[str, Any]) -> Any:
         return None
 
 
-def _json(start_response: StartResponse, body: dict[str, Any]) -> list[bytes]:
+class HealthEndpoint:
+    """GET /healthz (what `make up` and supervisord's checks wait for); 404 for any other path.
+
+    The same answer as the other services' `/healthz` (services/shared/web.py),
+    in the same `{"message": …}` error shape, without Flask (issue 6: memory).
+    """
+
+    def __init__(self, service: str, checks: dict[str, Callable[[], bool]]) -> None:
+        self.service = service
+        self.checks = checks
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != HEALTH_PATH:
+            return _json(start_response, {"message": NOT_FOUND}, "404 Not Found")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _json(start_response, {"message": NOT_ALLOWED}, "405 Method Not Allowed")
+        checks = {name: check() for name, check in self.checks.items()}
+        healthy = all(checks.values())
+        body = {
+            "service": self.service,
+            "status": "ok" if healthy else "degraded",
+            "checks": checks,
+        }
+        return _json(start_response, body, "200 OK" if healthy else "503 Service Unavailable")
+
+
+def _json(
+    start_response: StartResponse, body: dict[str, Any], status: str = "200 OK"
+) -> list[bytes]:
     data = json.dumps(body, separators=(",", ":")).encode()
     start_response(
-        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     )
     return [data]
 

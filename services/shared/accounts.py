@@ -10,7 +10,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import User, normalise_name, normalise_username
+from .models import User
+from .names import normalise_name, normalise_username
 from .passwords import check_password, hash_password, weak_password_reason
 from .tokens import Identity
 

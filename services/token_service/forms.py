@@ -6,7 +6,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
-from services.shared.models import MAX_NAME_LENGTH, normalise_name, normalise_username
+from services.shared.names import MAX_NAME_LENGTH, normalise_name, normalise_username
 from services.shared.passwords import weak_password_reason
 
 

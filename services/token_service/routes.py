@@ -27,7 +27,7 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import IntegrityError
 
 from services.shared.accounts import find_user
-from services.shared.models import normalise_name, normalise_username
+from services.shared.names import normalise_name, normalise_username
 from services.shared.revocation import StoreUnavailable
 from services.shared.web import error, log, resources
 

@@ -1,0 +1,141 @@
+"""The policy service's user reader (services/policy_service/users.py) and what it spares.
+
+The policy service reads the user table through the DB-API driver and is a
+plain WSGI app, so its processes load neither SQLAlchemy nor Flask (issue 6:
+three services <= 150 MB idle).
+Users are written here with the shared accounts code (SQLAlchemy), as the
+token service and zhiva-admin write them, on real SQLite and real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+
+from services.policy_service.users import UnsupportedDatabase, UserRow, UserTable
+from services.shared.accounts import revoke_all_tokens, save_user, set_disabled
+from services.shared.db import Database
+from services.shared.models import User
+from services.shared.schema import upgrade
+from services.shared.settings import PROJECT_DIR
+
+PASSWORD = "Str0ng-Passw0rd!"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'zhiva.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def writer(database_url: str):
+    """Writes users as the token service does; removes them again (PostgreSQL is shared)."""
+    database = Database(database_url)
+    yield database
+    with database.session() as session:
+        session.execute(delete(User).where(User.username.like("%-policy-users-%")))
+    database.engine.dispose()
+
+
+def test_reads_what_the_accounts_code_wrote(database_url, writer):
+    ann, bob = (f"{who}-policy-users-{uuid.uuid4().hex[:8]}" for who in ("ann", "bob"))
+    with writer.session() as session:
+        save_user(session, name="Ann", username=ann, password=PASSWORD, can_edit=True)
+    users = UserTable(database_url)
+    assert users.find(ann) == UserRow(disabled=False, generation=0, can_edit=True, is_admin=False)
+    # The one spelling of a username, as everywhere else (upper case folds).
+    assert users.find(ann.upper()) == users.find(ann)
+    with writer.session() as session:
+        set_disabled(session, ann, True)
+        revoke_all_tokens(session, ann)
+        save_user(
+            session, name="Bob", username=bob, password=PASSWORD, can_edit=True, is_admin=True
+        )
+    assert users.find(ann) == UserRow(disabled=True, generation=1, can_edit=True, is_admin=False)
+    assert users.find(bob) == UserRow(disabled=False, generation=0, can_edit=True, is_admin=True)
+    assert users.find("nobody-policy-users") is None
+    assert users.find("\u0430" + ann[1:]) is None  # Cyrillic а: not a username at all
+    assert users.ping() is True
+    users.close()
+
+
+def test_missing_sqlite_file_is_an_error_not_a_new_database(tmp_path):
+    path = tmp_path / "absent" / "zhiva.db"
+    users = UserTable(f"sqlite:///{path}")
+    with pytest.raises(sqlite3.Error):
+        users.find("ann")
+    assert users.ping() is False
+    path.parent.mkdir()
+    with pytest.raises(sqlite3.Error):
+        users.find("ann")
+    assert not path.exists()
+
+
+def test_a_broken_connection_is_replaced(tmp_path):
+    url = f"sqlite:///{tmp_path / 'zhiva.db'}"
+    upgrade(url)
+    users = UserTable(url)
+    assert users.find("ann") is None
+    users._local.connection.close()  # as if the server had dropped it
+    with pytest.raises(sqlite3.Error):
+        users.find("ann")
+    assert users.find("ann") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://user@localhost/zhiva",
+        "sqlite://",  # in memory: nothing the other services could have written
+        "sqlite:///zhiva.db?mode=ro",
+        "not a url",
+    ],
+)
+def test_unsupported_database_urls_are_refused(url):
+    with pytest.raises(UnsupportedDatabase):
+        UserTable(url)
+
+
+def _modules_after_create_app(service: str, config: dict[str, Any]) -> set[str]:
+    """The modules a fresh interpreter holds after `create_app()` of `service`."""
+    script = (
+        "import json, sys\n"
+        f"from services.{service}_service import create_app\n"
+        f"create_app(json.loads(sys.argv[1]))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config)],
+        cwd=PROJECT_DIR,
+        env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return set(json.loads(result.stdout))
+
+
+def test_policy_service_loads_neither_sqlalchemy_nor_flask(app_config):
+    """Each policy process would carry about 26 MB of heap it does not use (issue 6)."""
+    policy = _modules_after_create_app("policy", app_config)
+    assert "services.policy_service.users" in policy
+    for package in ("sqlalchemy", "flask", "jinja2", "alembic"):
+        assert not {m for m in policy if m == package or m.startswith(package + ".")}, package
+    # The check can fail: the token service, which writes users, loads both.
+    token = _modules_after_create_app("token", app_config)
+    assert {"sqlalchemy.orm", "flask"} <= token
