@@ -36,6 +36,13 @@ class Program:
     stopsignal: str = "TERM"
     stopwaitsecs: int = 15
     address: str = ""
+    # Natively (supervisord) the command runs behind this prefix; a container runs
+    # `command` alone (its processes end with it).
+    native_prefix: str = ""
+
+    @property
+    def native_command(self) -> str:
+        return f"{self.native_prefix} {self.command}".strip()
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,9 @@ def programs(
             40,
             stopsignal="QUIT",
             address=f"{settings.public_base_url} (listening on {settings.bind_address})",
+            # A killed master leaves its workers serving (infra/reap.py).
+            native_prefix=f"{project_dir / '.venv' / 'bin' / 'python'} -m infra.reap "
+            f"--name nginx {layout.run_dir / 'nginx.pid'}",
         ),
     ]
 

@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from infra.reap import group_members
 from services.shared.accounts import identity
 from services.shared.settings import PROJECT_DIR
 from services.shared.tokens import TokenCodec, TokenKind
@@ -121,6 +122,10 @@ def test_a_killed_process_is_brought_back(stack, program):
     old_pid = _main_pid(stack, program)
     os.kill(old_pid, signal.SIGKILL)
     wait_until(lambda: _main_pid(stack, program) not in (0, old_pid), 30, f"{program} restart")
+    # Nothing of the killed one goes on serving: nginx's workers outlive their master
+    # (infra/reap.py ends them), gunicorn's notice theirs is gone and leave.
+    name = "nginx" if program == "nginx" else ""
+    wait_until(lambda: group_members(old_pid, name) == [], 30, f"{program}'s orphans gone")
     health = f"{stack.base_url}/auth/healthz/{'token' if program == 'nginx' else program}"
     wait_until(lambda: stack.http().get(health, timeout=3).status_code == 200, 30, "health again")
 
