@@ -63,19 +63,9 @@ class Engine:
     compose: tuple[str, ...]
 
     def run(
-        self,
-        *args: str,
-        check: bool = True,
-        timeout: float = 120,
-        input_text: str | None = None,
+        self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.name, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input_text,
-        )
+        result = subprocess.run([self.name, *args], capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise ContainerError(
                 f"`{self.name} {' '.join(args[:3])} …` failed: "
@@ -488,8 +478,10 @@ def status(settings: Settings, record: dict[str, object]) -> None:
     project = str(record["project"])
     for service in SERVICES:
         container = container_id(engine, project, service)
+        answering = container is not None and healthy(engine, container)
+        # Read after the check ran, so Podman's recorded health is this check's.
         state, health = container_state(engine, container) if container else ("missing", "")
-        word = "up" if state == "running" and healthy(engine, container or "") else "down"
+        word = "up" if answering and state == "running" else "down"
         detail = f"{state}, {health}" if health else state
         say(f"{service:8} {word:5} container {container or '-'} ({detail})")
 
