@@ -10,14 +10,21 @@ commands (`make status/logs/admin/down/up`) in container mode.
 from __future__ import annotations
 
 import json
+import os
+import ssl
+import subprocess
+import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.containers import SERVICES, native_versions
+from infra.containers import SERVICES, find_engine, native_versions, wait_ready
+from infra.render import COMPOSE_FILE
+from services.shared.settings import PROJECT_DIR
 from tests.support.dicomweb import access_token, dicomweb, wheel_dataset
-from tests.support.processes import wait_until
+from tests.support.processes import free_port, wait_until
 from tests.support.stack import ContainerStack
 
 pytestmark = [pytest.mark.stack, pytest.mark.containers]
@@ -156,3 +163,47 @@ def test_services_run_the_python_packages_the_native_stack_runs(stack: Container
     inside = {line.split("==")[0].lower(): line for line in frozen if "==" in line}
     for package in ("flask", "joserfc", "sqlalchemy", "gunicorn", "redis", "bcrypt", "alembic"):
         assert inside[package] == native[package], package
+
+
+def test_compose_alone_sets_up_an_empty_config_dir_and_serves(
+    stack: ContainerStack, tmp_path: Path
+):
+    """The README's path without make: `compose up -d` with only ADMIN_PASSWORD given."""
+    engine = find_engine()
+    assert engine is not None
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    project = f"zhiva-bare-{uuid.uuid4().hex[:6]}"
+    https_port = free_port()
+    environment = {
+        **{k: v for k, v in os.environ.items() if k not in ("STATE_DIR", "DATABASE_URL")},
+        "CONFIG_DIR": str(config_dir),
+        "HTTPS_PORT": str(https_port),
+        "DICOM_PORT": str(free_port()),
+        "ADMIN_PASSWORD": stack.admin_password,
+    }
+
+    def compose(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*engine.compose, "-p", project, "-f", str(COMPOSE_FILE), *arguments],
+            cwd=PROJECT_DIR,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    try:
+        started = compose("up", "-d")
+        assert started.returncode == 0, started.stderr
+        wait_ready(engine, project)
+        # The set-up container made the certificate, the keys and `.env` here.
+        for made in ("zhiva.crt", "trusted.crt", "jwt_priv.pem", "jwt_pub.pem", ".env"):
+            assert (config_dir / made).exists(), made
+        assert "ADMIN_PASSWORD_HASH=" in (config_dir / ".env").read_text()
+        tls = ssl.create_default_context(cafile=str(config_dir / "trusted.crt"))
+        url = f"https://localhost:{https_port}/auth/healthz/token"
+        with urllib.request.urlopen(url, context=tls, timeout=10) as answer:  # noqa: S310
+            assert json.load(answer)["status"] == "ok"
+    finally:
+        compose("down", "-v")
