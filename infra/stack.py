@@ -180,7 +180,7 @@ def up(settings: Settings) -> None:
         return
     if containers.choose_mode() == "docker":
         containers.up(settings, _port_in_use, lambda: _nginx_answers(settings))
-        _print_urls(settings)
+        _print_urls(settings, f"the volume {containers.project_name()}_state (`make logs`)")
         return
     install_system_packages()
     _check_ports_free(settings)
@@ -200,10 +200,10 @@ def up(settings: Settings) -> None:
     except StackError:
         say(supervisorctl(layout, "status").stdout)
         raise
-    _print_urls(settings)
+    _print_urls(settings, str(settings.state_dir))
 
 
-def _print_urls(settings: Settings) -> None:
+def _print_urls(settings: Settings, state: str) -> None:
     base = settings.public_base_url
     say("")
     say("zhiva local PACS is up:")
@@ -215,7 +215,7 @@ def _print_urls(settings: Settings) -> None:
         f"  DICOM TLS                 AE {settings.dicom_aet}, port {settings.dicom_port}, "
         f"certificate {settings.trusted_certificates}"
     )
-    say(f"  state and logs            {settings.state_dir}")
+    say(f"  state and logs            {state}")
 
 
 def down(settings: Settings) -> None:

@@ -118,7 +118,12 @@ def test_make_down_and_up_keep_users_and_studies_in_the_volume(stack: ContainerS
     assert "the data volume stays" in stack.make("down").stdout
     project = f"label=com.docker.compose.project={stack.env['COMPOSE_PROJECT_NAME']}"
     assert stack.engine("ps", "-a", "--filter", project, "--format", "{{.ID}}").stdout.split() == []
-    stack.up()
+    started = stack.up().stdout
+    assert "container mode: " in started
+    for service in SERVICES:
+        assert f"waiting for {service:8} ready" in started, service
+    assert f"the volume {stack.env['COMPOSE_PROJECT_NAME']}_state" in started
+    assert f"https://localhost:{stack.env['HTTPS_PORT']}/auth/token" in started
     # The same token still works: the user, its key and its study came back from the volume.
     assert _study_count(stack, editor, dataset.StudyInstanceUID) == 1
 
