@@ -34,7 +34,7 @@ test: system-packages-test $(VENV)/.test ## the whole test suite, real component
 
 test-containers: $(VENV)/.test ## build the images, boot docker-compose.yml (Podman or Docker), run the end-to-end tests on it
 	@infra/install-system-packages.sh --containers
-	$(BIN)/pytest -m e2e --stack=containers
+	$(BIN)/pytest --stack=containers
 
 bench: system-packages-test $(VENV)/.test ## measure what the security layer costs; rewrites docs/BENCHMARKS.md (several minutes)
 	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
