@@ -129,7 +129,7 @@ def test_make_down_and_up_keep_users_and_studies_in_the_volume(stack: ContainerS
 
 
 def test_images_hold_no_secrets_or_state(stack: ContainerStack):
-    """.dockerignore keeps `.env`, keys, certificates, var/ and .venv out of the images."""
+    """.dockerignore keeps `.env`, keys, certificates and the host's var/ out of the images."""
     for service in ("token", "orthanc"):
         found = stack.engine(
             "exec",
