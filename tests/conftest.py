@@ -73,12 +73,8 @@ def stack(
 ) -> Iterator[Stack]:
     """nginx, Orthanc, Redis and the three services, started by `make up` on free ports."""
     kind = ContainerStack if request.config.getoption("--stack") == "containers" else Stack
-    running = kind.prepare(tmp_path_factory.mktemp("stack"), ADMIN_PASSWORD, output_dir)
-    running.up()
-    try:
+    with kind.started(tmp_path_factory.mktemp("stack"), ADMIN_PASSWORD, output_dir) as running:
         yield running
-    finally:
-        running.down()
 
 
 @pytest.fixture(scope="session")

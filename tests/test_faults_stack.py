@@ -41,12 +41,8 @@ USER_PASSWORD = "Fault-Passw0rd!"
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory, output_dir: Path) -> Iterator[Stack]:
-    running = Stack.prepare(tmp_path_factory.mktemp("faults"), ADMIN_PASSWORD, output_dir)
-    running.up()
-    try:
+    with Stack.started(tmp_path_factory.mktemp("faults"), ADMIN_PASSWORD, output_dir) as running:
         yield running
-    finally:
-        running.down()
 
 
 @pytest.fixture(scope="module")

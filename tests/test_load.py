@@ -226,12 +226,8 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def load_stack(tmp_path_factory: pytest.TempPathFactory, output_dir: Any) -> Iterator[Stack]:
-    running = Stack.prepare(tmp_path_factory.mktemp("load"), ADMIN_PASSWORD, output_dir)
-    running.up()
-    try:
+    with Stack.started(tmp_path_factory.mktemp("load"), ADMIN_PASSWORD, output_dir) as running:
         yield running
-    finally:
-        running.down()
 
 
 def test_fifty_clients_mixed_traffic_no_errors_and_nothing_lost(load_stack):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,17 @@ class Stack:
         )
         env.update({name: str(free_port()) for name in INTERNAL_PORTS})
         return cls(root=root, admin_password=admin_password, output_dir=output_dir, env=env)
+
+    @classmethod
+    @contextmanager
+    def started(cls, root: Path, admin_password: str, output_dir: Path) -> Iterator[Stack]:
+        """`prepare` and `up`; `down` however the block ends (for fixtures)."""
+        stack = cls.prepare(root, admin_password, output_dir)
+        stack.up()
+        try:
+            yield stack
+        finally:
+            stack.down()
 
     def make(
         self, target: str, timeout: float = 300, **variables: str
