@@ -3,11 +3,17 @@
 import os
 import sys
 
+# The policy service answers every request that reaches Orthanc, from memory: an event
+# loop per worker (services/policy_service/asgi.py says why). The other two wait on
+# bcrypt and Redis, which release the GIL: threads keep a worker busy while one waits.
+POLICY = any("policy_service" in arg for arg in sys.argv)
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-worker_class = "gthread"
+worker_class = "asgi" if POLICY else "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
-# bcrypt and Redis calls release the GIL: threads keep a worker busy while one waits.
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = 1 if POLICY else int(os.environ.get("GUNICORN_THREADS", "8"))
+# uvloop is a dependency: no fallback to asyncio's slower loop without anyone noticing.
+asgi_loop = "uvloop"
 # One copy of the code in the master, shared by the workers (memory).
 preload_app = True
 # A master killed with SIGKILL leaves its workers holding the port for a moment;
@@ -22,7 +28,7 @@ keepalive = 30
 
 # The policy service writes one audit line per decision (STATE_DIR/logs/audit.log); an
 # access line as well would double the logging on the hot path (issue 6, docs/BENCHMARKS.md).
-accesslog = None if any("policy_service" in arg for arg in sys.argv) else "-"
+accesslog = None if POLICY else "-"
 errorlog = "-"
 loglevel = "info"
 # %(U)s is the path without the query string: a token in `?token=` never reaches a log.

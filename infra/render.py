@@ -84,12 +84,14 @@ class Layout:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def _gunicorn(service: str, port: int, workers: int, project_dir: Path) -> str:
+def _gunicorn(
+    service: str, port: int, workers: int, project_dir: Path, factory: str = "create_app"
+) -> str:
     return (
         f"{project_dir / '.venv' / 'bin' / 'gunicorn'} "
         f"-c {project_dir / 'infra' / 'gunicorn.conf.py'} "
         f"--bind 127.0.0.1:{port} --workers {workers} --name zhiva-{service} "
-        f"'services.{service}_service:create_app()'"
+        f"'services.{service}_service:{factory}()'"
     )
 
 
@@ -117,7 +119,9 @@ def programs(
         # The policy service answers every Orthanc request: one worker per core.
         Program(
             "policy",
-            _gunicorn("policy", settings.policy_service_port, cores, project_dir),
+            _gunicorn(
+                "policy", settings.policy_service_port, cores, project_dir, "create_asgi_app"
+            ),
             30,
             address=f"http://127.0.0.1:{settings.policy_service_port}",
         ),

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from infra.setup import _tls_certificate
 from services.shared.accounts import find_user, identity
 from services.shared.auth_tokens import issue_auth_token
-from services.shared.revocation import RevocationStore
+from services.shared.revocation import MAX_LAG_SECONDS, RevocationStore
 from services.shared.tokens import TokenCodec, TokenKind
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.processes import wait_until
@@ -168,8 +168,13 @@ def test_redis_stopped_mid_traffic_fails_closed_then_recovers(fault_stack, traff
                 assert answer.status_code == 503, answer.text
                 assert "token store is unavailable" in answer.json()["message"]
                 assert "Authorization" not in answer.headers
-            # A token nothing has seen yet cannot be checked against revocations: refused.
-            assert qido(fault_stack, fresh_access(traffic)) in (403, 500)
+            # A token nothing has seen yet cannot be checked against revocations once the
+            # policy's mirror of them is MAX_LAG_SECONDS behind Redis: refused.
+            wait_until(
+                lambda: qido(fault_stack, fresh_access(traffic)) in (403, 500),
+                MAX_LAG_SECONDS + 3,
+                "new tokens refused while Redis is stopped",
+            )
         finally:
             assert fault_stack.supervisorctl("start", "redis").returncode == 0
     finally:
@@ -368,7 +373,14 @@ def test_power_cut_keeps_users_revocations_and_acknowledged_uploads(fault_stack,
         time.sleep(1)
         store = RevocationStore(fault_stack.redis(), fault_stack.settings.redis_key_prefix)
         store.revoke(revoked_claims["jti"], revoked_claims["exp"])
-        time.sleep(3)
+        # Cut only once something of each kind was acknowledged: on a loaded machine
+        # two bcrypt hashes per new user can take longer than any fixed wait.
+        wait_until(
+            lambda: bool(created and redeemed and traffic.outcome.acknowledged),
+            60,
+            "acknowledged users, redemptions and uploads before the cut",
+        )
+        time.sleep(1)
         supervisord = int((fault_stack.layout.run_dir / "supervisord.pid").read_text().strip())
         victims = [supervisord, *descendants(supervisord)]
         for pid in victims:

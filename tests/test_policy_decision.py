@@ -27,9 +27,11 @@ from services.policy_service.permissions import Role, normalise_path, required_r
 from services.policy_service.users import UserTable
 from services.shared.accounts import identity, revoke_all_tokens, save_user, set_disabled
 from services.shared.db import Database
+from services.shared.revocation import MAX_LAG_SECONDS, RevocationStore, redis_client
 from services.shared.schema import upgrade
 from services.shared.settings import load_settings
 from services.shared.tokens import TokenCodec, TokenKind
+from tests.support.processes import wait_until
 
 PASSWORD = "Str0ng-Passw0rd!"
 ROLES = ("viewer", "editor", "admin")
@@ -135,6 +137,7 @@ def policy(config_dir: Path, redis_server: Any, tmp_path_factory: pytest.TempPat
     }
     policy = Policy(create_app(config), config)
     yield policy
+    policy.app.close()
     policy.database.engine.dispose()
 
 
@@ -165,8 +168,16 @@ class Policy:
                 )
 
     @property
-    def revocations(self) -> Any:
-        return self.app.revocations
+    def revocations(self) -> RevocationStore:
+        """The writer's side, as the token service holds it."""
+        return RevocationStore(
+            redis_client(self.settings.redis_url), self.config["REDIS_KEY_PREFIX"]
+        )
+
+    def mirrored(self, jti: str) -> None:
+        """Wait until the service's mirror holds a revocation (milliseconds, at most its lag)."""
+        mirror = self.app.revocations
+        wait_until(lambda: mirror.is_revoked(jti), MAX_LAG_SECONDS, "revocation mirrored", 0.005)
 
     @property
     def engine(self) -> Any:
@@ -194,8 +205,10 @@ class Policy:
             token = signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
         elif state == "revoked":
             self.revocations.revoke(claims["jti"], claims["exp"])
+            self.mirrored(claims["jti"])
         elif state == "used auth":
             assert self.revocations.redeem_once(claims["jti"], claims["exp"])
+            self.mirrored(claims["jti"])
         return token
 
     def webhook(self, method: str, path: str, token: str | None, **extra: Any) -> dict[str, Any]:

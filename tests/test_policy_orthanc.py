@@ -27,6 +27,7 @@ from services.shared.tokens import TokenCodec, TokenKind
 from tests.browser.chromium import chromium_browser
 from tests.support.explorer import ExplorerPage, unique_dicom
 from tests.support.orthanc import OrthancServer, PolicyServer
+from tests.support.revocation import revoke_and_wait
 from tests.support.spelled import send_spelled
 
 PASSWORD = "Str0ng-Passw0rd!"
@@ -187,7 +188,9 @@ def test_bad_tokens_open_nothing(pacs, state):
     elif state in ("revoked", "used auth"):
         kind = TokenKind.ACCESS if state == "revoked" else TokenKind.AUTH
         token, claims = pacs.codec.issue(kind, pacs.users["admin"])
-        pacs.revocations.revoke(claims["jti"], claims["exp"])
+        revoke_and_wait(
+            pacs.revocations, pacs.policy.url, token, claims, once=kind is TokenKind.AUTH
+        )
     elif state == "refresh":
         token = pacs.token("admin", TokenKind.REFRESH)
     elif state == "wrong origin":

@@ -21,6 +21,7 @@ from services.shared.tokens import TokenCodec, TokenKind
 from tests.browser.chromium import chromium_browser
 from tests.support.explorer import ExplorerPage, unique_dicom
 from tests.support.processes import wait_until
+from tests.support.revocation import revoke_and_wait
 from tests.support.spelled import send_spelled
 
 pytestmark = pytest.mark.stack
@@ -146,7 +147,8 @@ def test_bad_tokens_through_nginx(through, ct_study, state, status, tmp_path):
     elif state in ("revoked", "used auth"):
         kind = TokenKind.ACCESS if state == "revoked" else TokenKind.AUTH
         token, claims = through.codec.issue(kind, through.users["admin"])
-        through.revocations.revoke(claims["jti"], claims["exp"])
+        policy = f"http://127.0.0.1:{through.stack.settings.policy_service_port}"
+        revoke_and_wait(through.revocations, policy, token, claims, once=kind is TokenKind.AUTH)
     elif state == "refresh":
         token = through.token("admin", TokenKind.REFRESH)
     elif state == "wrong origin":

@@ -4,7 +4,9 @@ A plain WSGI application, not Flask like the token and login services: its
 three endpoints (routes.py) need none of Flask, and neither Flask nor
 SQLAlchemy is loaded, so every policy process (gunicorn's master and one
 worker per core) carries about 26 MB less heap (issue 6, docs/BENCHMARKS.md;
-tests/test_policy_users.py checks it stays so).
+tests/test_policy_users.py checks it stays so). gunicorn serves it through
+`create_asgi_app()` on its asgi worker (asgi.py says why); the tests drive
+the WSGI application `create_app()` returns.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from services.shared.revocation import RevocationStore, redis_client
+from services.shared.revocation import RevocationMirror
 from services.shared.settings import Settings, load_settings
 from services.shared.tokens import TokenCodec
 
+from .asgi import ASGIApp, serve
 from .audit import AuditLog, log_to_stderr
 from .decision import PolicyEngine
 from .routes import DecisionEndpoints, HealthEndpoint, StartResponse
@@ -28,9 +31,8 @@ class PolicyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.users = UserTable(settings.database_url)
-        self.revocations = RevocationStore(
-            redis_client(settings.redis_url), settings.redis_key_prefix
-        )
+        # Followed from Redis by a thread in each worker: no Redis call per decision.
+        self.revocations = RevocationMirror(settings.redis_url, settings.redis_key_prefix)
         self.engine = PolicyEngine(
             TokenCodec.from_settings(settings, can_sign=False), self.revocations, self.users
         )
@@ -44,8 +46,21 @@ class PolicyApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         return self.wsgi_app(environ, start_response)
 
+    def start(self) -> None:
+        """In each worker, before its first request: begin following the revocations."""
+        self.revocations.wait_synced(timeout=1.0)
+
+    def close(self) -> None:
+        self.revocations.stop()
+
 
 def create_app(config: dict[str, Any] | None = None) -> PolicyApp:
     app = PolicyApp(load_settings(config))
     log_to_stderr()
     return app
+
+
+def create_asgi_app(config: dict[str, Any] | None = None) -> ASGIApp:
+    """What gunicorn's asgi worker serves (infra/render.py)."""
+    app = create_app(config)
+    return serve(app, on_startup=app.start, on_shutdown=app.close)

@@ -8,10 +8,11 @@ is a deny, logged.
 
 Every request that reaches Orthanc passes here, so the expensive parts are
 cached in-process, each for less than the 5 seconds a revocation may take:
-token verification by (token, origin) until the token's expiry, a "not
-revoked" answer for REVOCATION_CACHE_SECONDS, a user's state for
-USER_CACHE_SECONDS. Callers may cache a grant for `validity` seconds on top,
-so the worst delay is USER_CACHE_SECONDS + MAX_VALIDITY_SECONDS.
+token verification by (token, origin) until the token's expiry, a user's
+state for USER_CACHE_SECONDS. Revocations come from the service's
+RevocationMirror (services/shared/revocation.py), at most MAX_LAG_SECONDS
+behind Redis. Callers may cache a grant for `validity` seconds on top, so the
+worst delay is the larger of those two plus MAX_VALIDITY_SECONDS.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from services.shared.revocation import RevocationStore, StoreUnavailable
+from services.shared.revocation import StoreUnavailable
 from services.shared.tokens import (
     TokenCodec,
     TokenExpired,
@@ -41,7 +42,6 @@ log = logging.getLogger("zhiva.policy")
 # How long a caller (Orthanc plugin, nginx) may reuse a grant.
 MAX_VALIDITY_SECONDS = 2
 USER_CACHE_SECONDS = 2.0
-REVOCATION_CACHE_SECONDS = 1.0
 CACHE_ENTRIES = 20_000
 # Tokens are about 1 KB each: this bounds the verification cache to a few MB.
 TOKEN_CACHE_ENTRIES = 4_096
@@ -80,6 +80,14 @@ class TTLCache(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+
+class Revocations(Protocol):
+    """RevocationMirror in the service; RevocationStore (one Redis call each) also fits."""
+
+    def is_revoked(self, jti: str) -> bool:
+        """Raises StoreUnavailable when it cannot say."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ class PolicyEngine:
     def __init__(
         self,
         codec: TokenCodec,
-        revocations: RevocationStore,
+        revocations: Revocations,
         users: UserTable,
         *,
         clock: Callable[[], float] = time.time,
@@ -139,11 +147,10 @@ class PolicyEngine:
         self._tokens: TTLCache[tuple[str, str | None], dict[str, Any] | tuple[str, str]] = TTLCache(
             TOKEN_CACHE_ENTRIES
         )
-        self._not_revoked: TTLCache[str, bool] = TTLCache()
         self._users: TTLCache[str, UserState] = TTLCache()
 
     def clear_caches(self) -> None:
-        for cache in (self._tokens, self._not_revoked, self._users):
+        for cache in (self._tokens, self._users):
             cache.clear()
 
     def decide(self, request: AccessRequest) -> Decision:
@@ -179,7 +186,7 @@ class PolicyEngine:
 
         if required is Role.NOBODY:
             return deny("route refused for every token")
-        if self._revoked(jti, now):
+        if self.revocations.is_revoked(jti):
             used = claims["kind"] == TokenKind.AUTH.value
             return deny("auth token already redeemed" if used else "token revoked")
         state = self._user_state(user, now)
@@ -223,14 +230,6 @@ class PolicyEngine:
             # A new exception each time: re-raising one object would grow its traceback.
             raise TokenExpired() if cached[0] == "expired" else TokenInvalid(cached[1])
         return cached
-
-    def _revoked(self, jti: str, now: float) -> bool:
-        if self._not_revoked.get(jti, now):
-            return False
-        if self.revocations.is_revoked(jti):
-            return True
-        self._not_revoked.put(jti, True, now + REVOCATION_CACHE_SECONDS)
-        return False
 
     def _user_state(self, username: str, now: float) -> UserState:
         state = self._users.get(username, now)

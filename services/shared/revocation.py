@@ -4,15 +4,53 @@ Redis is shared by every gunicorn worker and every host, and its SET NX is
 atomic, so "works exactly once" holds across all of them. Keys expire with the
 token they describe: nothing needs cleaning up. Redis runs with an append-only
 file, so a revocation survives a restart.
+
+Every revocation is also announced on a stream (`<prefix>revocations`), in the
+same server-side script as its key, so the two never disagree. The policy
+service, which asks about the token of every request that reaches Orthanc,
+follows that stream (`RevocationMirror`) and answers from memory instead of
+one Redis round trip per new token: that round trip was a quarter of its CPU
+per decision (issue 6, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
+from collections.abc import Callable
 
 import redis
 
+log = logging.getLogger("zhiva.revocation")
+
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+STREAM = "revocations"
+# How long a stream entry is kept: the longest a revoked token could still be
+# presented (the services pass their longest token lifetime).
+DEFAULT_KEEP_SECONDS = 31 * 24 * 3600
+
+# KEYS: the token's key, the stream. ARGV: jti, key TTL, token expiry (epoch s),
+# seconds to keep stream entries, "nx" for single use. The stream's IDs are
+# Redis's own milliseconds, so entries older than the longest token lifetime
+# are trimmed by Redis's clock (exact MINID: a short stream is trimmed too).
+_REVOKE_SCRIPT = """
+local stored
+if ARGV[5] == 'nx' then
+  stored = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2])
+else
+  stored = redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
+end
+if not stored then
+  return 0
+end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local oldest = string.format('%.0f', now_ms - tonumber(ARGV[4]) * 1000)
+redis.call('XADD', KEYS[2], 'MINID', oldest, '*', 'jti', ARGV[1], 'exp', ARGV[3])
+return 1
+"""
 
 
 class StoreUnavailable(RuntimeError):
@@ -22,11 +60,11 @@ class StoreUnavailable(RuntimeError):
         super().__init__("The token store is unavailable; try again in a moment")
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, *, timeout: float = 1.0) -> redis.Redis:
     # Short timeouts: a request should fail closed quickly, not hang, when Redis is down.
     return redis.Redis.from_url(
         url,
-        socket_timeout=1.0,
+        socket_timeout=timeout,
         socket_connect_timeout=1.0,
         health_check_interval=10,
         decode_responses=True,
@@ -34,9 +72,14 @@ def redis_client(url: str) -> redis.Redis:
 
 
 class RevocationStore:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, *, keep_seconds: int = DEFAULT_KEEP_SECONDS
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.stream = prefix + STREAM
+        self.keep_seconds = keep_seconds
+        self._script = client.register_script(_REVOKE_SCRIPT)
 
     def _key(self, jti: str) -> str:
         return f"{self.prefix}revoked:{jti}"
@@ -45,18 +88,20 @@ class RevocationStore:
     def _ttl(expires_at: int) -> int:
         return max(1, int(expires_at - time.time()) + 1)
 
-    def redeem_once(self, jti: str, expires_at: int) -> bool:
-        """Mark token `jti` used; True for the one caller that got there first."""
+    def _revoke(self, jti: str, expires_at: int, *, once: bool) -> bool:
+        mode = "nx" if once else ""
+        args = [jti, self._ttl(expires_at), int(expires_at), self.keep_seconds, mode]
         try:
-            return bool(self.client.set(self._key(jti), "1", nx=True, ex=self._ttl(expires_at)))
+            return bool(self._script(keys=[self._key(jti), self.stream], args=args))
         except REDIS_ERRORS:
             raise StoreUnavailable() from None
 
+    def redeem_once(self, jti: str, expires_at: int) -> bool:
+        """Mark token `jti` used; True for the one caller that got there first."""
+        return self._revoke(jti, expires_at, once=True)
+
     def revoke(self, jti: str, expires_at: int) -> None:
-        try:
-            self.client.set(self._key(jti), "1", ex=self._ttl(expires_at))
-        except REDIS_ERRORS:
-            raise StoreUnavailable() from None
+        self._revoke(jti, expires_at, once=False)
 
     def is_revoked(self, jti: str) -> bool:
         try:
@@ -69,3 +114,126 @@ class RevocationStore:
             return bool(self.client.ping())
         except REDIS_ERRORS:
             return False
+
+
+FOLLOW_BATCH = 1000
+RETRY_SECONDS = 0.5
+# Past this without a completed read, the mirror refuses to answer (fail closed).
+# With nginx's 2 s grant cache on top, a revocation bites within 4 s (CONTRACT: 5).
+MAX_LAG_SECONDS = 2.0
+PRUNE_EVERY_SECONDS = 60.0
+
+
+class RevocationMirror:
+    """Every revoked token id that is not yet expired, held in this process.
+
+    A thread follows the stream RevocationStore writes: first every entry it
+    holds, then, blocked in XREAD, each new one as it comes (milliseconds
+    after the revocation). `is_revoked` answers from memory, and only while
+    the thread's last completed read started less than MAX_LAG_SECONDS ago;
+    otherwise (Redis down, the thread stuck) it raises StoreUnavailable, so the
+    caller denies. The thread starts on first use in each process: a gunicorn
+    master that forks workers never runs one, and each worker runs its own.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        *,
+        max_lag: float = MAX_LAG_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.stream = prefix + STREAM
+        self.max_lag = max_lag
+        # XREAD blocks this long when nothing new comes (a new entry ends the wait at
+        # once): a quarter of the lag allowed, so an idle mirror is never taken for stale.
+        self.block_ms = max(1, int(max_lag * 1000 / 4))
+        self.clock = clock
+        self._revoked: dict[str, int] = {}  # jti -> expiry (epoch seconds)
+        self._synced_at: float | None = None
+        self._synced = threading.Event()
+        self._stopping = threading.Event()
+        self._owner_pid: int | None = None
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start following in this process (again after a fork); returns at once."""
+        with self._start_lock:
+            if self._owner_pid == os.getpid():
+                return
+            # After a fork the parent's thread is gone and its state is the parent's.
+            self._owner_pid = os.getpid()
+            self._revoked, self._synced_at = {}, None
+            self._synced, self._stopping = threading.Event(), threading.Event()
+            threading.Thread(target=self._follow, name="revocation-mirror", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        self.start()
+        return self._synced.wait(timeout)
+
+    def is_revoked(self, jti: str) -> bool:
+        if self._owner_pid != os.getpid():
+            self.wait_synced(self.max_lag)
+        synced_at = self._synced_at
+        if synced_at is None or self.clock() - synced_at > self.max_lag:
+            raise StoreUnavailable()
+        return jti in self._revoked
+
+    def ping(self) -> bool:
+        """True when the stream was read within MAX_LAG_SECONDS (the health check)."""
+        try:
+            self.is_revoked("")
+            return True
+        except StoreUnavailable:
+            return False
+
+    def _follow(self) -> None:
+        stopping, synced = self._stopping, self._synced
+        client: redis.Redis | None = None
+        last_id, down, pruned_at = "0-0", False, self.clock()
+        while not stopping.is_set():
+            try:
+                if client is None:
+                    client = redis_client(self.url, timeout=self.block_ms / 1000 + 1.0)
+                started = self.clock()
+                reply = client.xread(
+                    {self.stream: last_id}, count=FOLLOW_BATCH, block=self.block_ms
+                )
+                entries = reply[0][1] if reply else []
+                for entry_id, fields in entries:
+                    self._add(fields)
+                    last_id = entry_id
+                if len(entries) < FOLLOW_BATCH:
+                    # Everything announced before `started` is now held.
+                    self._synced_at = started
+                    synced.set()
+                if down:
+                    log.info("revocation stream readable again")
+                    down = False
+                if started - pruned_at > PRUNE_EVERY_SECONDS:
+                    self._prune()
+                    pruned_at = started
+            except Exception as error:  # noqa: BLE001 - never let the thread die; fail closed
+                if not down:
+                    log.error("revocation stream unreadable (%s); denying until it is back", error)
+                    down = True
+                if client is not None:
+                    client.close()
+                    client = None
+                stopping.wait(RETRY_SECONDS)
+
+    def _add(self, fields: dict[str, str]) -> None:
+        jti, expires = fields.get("jti"), fields.get("exp", "")
+        if jti and expires.isdigit() and int(expires) > time.time():
+            self._revoked[jti] = int(expires)
+
+    def _prune(self) -> None:
+        # Only this thread writes the dict; readers see it before or after each pop.
+        now = time.time()
+        for jti in [jti for jti, expires in self._revoked.items() if expires <= now]:
+            self._revoked.pop(jti, None)

@@ -72,6 +72,13 @@ class Settings:
     secret_key: str = field(repr=False)
     redis_password: str = field(repr=False)
 
+    @property
+    def longest_token_lifetime(self) -> int:
+        """How long any token could still be presented: how long a revocation must be kept."""
+        return max(
+            self.auth_token_lifetime, self.access_token_lifetime, self.refresh_token_lifetime
+        )
+
     # Files made by the set-up; the names are the old system's so its files carry over.
     @property
     def env_file(self) -> Path:

@@ -80,7 +80,9 @@ def create_service_app(
     app.extensions["zhiva"] = Resources(
         settings=settings,
         db=Database(settings.database_url),
-        revocations=RevocationStore(redis, settings.redis_key_prefix),
+        revocations=RevocationStore(
+            redis, settings.redis_key_prefix, keep_seconds=settings.longest_token_lifetime
+        ),
         codec=TokenCodec.from_settings(settings, can_sign=can_sign),
         origins=OriginPolicy(settings.origin_patterns),
     )

@@ -80,7 +80,7 @@ class OrthancServer:
 
 
 class PolicyServer:
-    """`gunicorn 'services.policy_service:create_app()'` configured through the environment."""
+    """`gunicorn 'services.policy_service:create_asgi_app()'` configured through the environment."""
 
     def __init__(self, directory: Path, environment: dict[str, str], port: int | None = None):
         self.directory = directory
@@ -99,13 +99,14 @@ class PolicyServer:
         self.process = subprocess.Popen(
             [
                 gunicorn,
+                # The stack's own settings: the asgi worker, as `make up` runs it.
+                "-c",
+                str(PROJECT_DIR / "infra" / "gunicorn.conf.py"),
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--workers",
                 "2",
-                "--access-logfile",
-                "-",
-                "services.policy_service:create_app()",
+                "services.policy_service:create_asgi_app()",
             ],
             env={**os.environ, **self.environment},
             cwd=PROJECT_DIR,

@@ -1,0 +1,111 @@
+"""The policy service as gunicorn's asgi worker runs it: decisions right in the event loop.
+
+Under gunicorn's gthread worker a cold decision cost about 900 µs of CPU, and
+a third of it was serving, not deciding: the hand-off of each request to a
+thread pool, selectors and futures, gunicorn's HTTP parsing in Python (py-spy,
+issue 6, docs/BENCHMARKS.md). A decision no longer waits on the network
+(revocations come from the worker's RevocationMirror, users from a 2 s cache),
+so an event loop can run it inline: this adapter turns each ASGI request into
+the few WSGI environ keys the policy's endpoints read, calls the same WSGI
+application the tests drive, synchronously, and sends its answer.
+
+It is not a general WSGI server: only PolicyApp's keys are built, bodies are
+read whole up to MAX_DRAINED_BODY, and what blocks in the application blocks
+the loop. That is the database read on a user-cache miss (one indexed SELECT,
+per user and worker at most every USER_CACHE_SECONDS) and the audit line's
+`write` to a local file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .routes import MAX_BODY, MAX_DRAINED_BODY, WSGIApp
+
+log = logging.getLogger("zhiva.policy")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _environ(scope: Scope, body: bytes, length: int) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "PATH_INFO": scope["path"],
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "CONTENT_LENGTH": str(length),
+        "wsgi.input": io.BytesIO(body),
+        "REMOTE_ADDR": (scope.get("client") or ("", 0))[0],
+    }
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        if name in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            continue  # the length is what was read; the type is not used
+        key, value = "HTTP_" + name, raw_value.decode("latin-1")
+        # WSGI's rule for a repeated header: one value, joined with commas.
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, int]:
+    """The body when it is at most MAX_BODY, else b"" with its length (the app refuses it)."""
+    chunks: list[bytes] = []
+    length = 0
+    while length <= MAX_DRAINED_BODY:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        length += len(chunk)
+        if length <= MAX_BODY:
+            chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return (b"".join(chunks) if length <= MAX_BODY else b""), length
+
+
+def serve(app: WSGIApp, on_startup: Callable[[], None], on_shutdown: Callable[[], None]) -> ASGIApp:
+    """The ASGI application that answers every request with `app`'s WSGI answer."""
+
+    async def lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                on_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here; the worker closes the connection
+        body, length = await _read_body(receive)
+        answer: dict[str, Any] = {}
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> None:
+            answer["status"] = int(status.split(" ", 1)[0])
+            answer["headers"] = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers]
+
+        chunks = app(_environ(scope, body, length), start_response)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer["status"],
+                "headers": answer["headers"],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    return asgi
