@@ -25,6 +25,8 @@ class Run:
     errors: int
     requests: int
     mb_per_s: float = 0.0
+    # CPU time of the policy service's processes per request (decisions only).
+    cpu_us: float = 0.0
 
 
 @dataclass
@@ -173,6 +175,18 @@ def memory_by_process(pid: int) -> list[tuple[int, float, float]]:
                 pss = int(line.split()[1])
         found.append((each, rss / 1024, pss / 1024))
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far (/proc/PID/stat)."""
+    ticks = 0
+    for each in _tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def memory_of(pid: int) -> tuple[float, float]:

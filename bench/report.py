@@ -67,15 +67,20 @@ def measured(results: Results) -> str:
         "plugin sends. nginx check: `GET /zhiva/pacs/studies/{uid}/metadata` over TLS to an nginx "
         "with the stack's own `/zhiva/` location and `/_authorize` cache, serving an empty file "
         "instead of proxying to Orthanc. *Cold*: every request carries a token the caches have "
-        f"not seen ({COLD_TOKENS_TEXT}); *warm*: one token, one URI."
+        f"not seen ({COLD_TOKENS_TEXT}); *warm*: one token, one URI. *Policy CPU*: user + "
+        "system time of the policy service's processes (gunicorn master and workers) over the "
+        "run, per request; it does not depend on what else the machine runs as the rates do."
     )
     w("")
-    w("| target | caches | connections | decisions/s | p50 ms | p99 ms | errors |")
-    w("|---|---|---|---|---|---|---|")
+    w(
+        "| target | caches | connections | decisions/s | p50 ms | p99 ms | errors "
+        "| policy CPU µs per request |"
+    )
+    w("|---|---|---|---|---|---|---|---|")
     for (target, state, connections), series in results.decisions.items():
         w(
             f"| {target} | {state} | {connections} | {_rate(series)} | {_ms(series, 'p50_ms')} | "
-            f"{_ms(series, 'p99_ms')} | {series.errors} |"
+            f"{_ms(series, 'p99_ms')} | {series.errors} | {_rate(series, 'cpu_us')} |"
         )
     w("")
 

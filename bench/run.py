@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from bench.environment import BareOrthanc, BenchNginx
-from bench.loads import Series, memory_by_process, memory_of, timed, upload, wrk
+from bench.loads import Series, cpu_seconds, memory_by_process, memory_of, timed, upload, wrk
 from bench.study import Study, make_study, with_new_uids
 from services.policy_service.handoff import HEADER as HANDOFF_HEADER
 from services.policy_service.handoff import decided_value
@@ -208,19 +208,22 @@ class Bench:
                         if connections == 32 and run == 0:
                             sampler = threading.Timer(knobs.seconds / 2, self.during_load, ("",))
                             sampler.start()
-                        series.runs.append(
-                            wrk(
-                                url,
-                                script,
-                                connections=connections,
-                                seconds=knobs.seconds,
-                                env={
-                                    **env,
-                                    "BENCH_PATH": env_path,
-                                    "BENCH_STUDY_UID": self.study.uid,
-                                },
-                            )
+                        policy_pid = self.pids()["policy"]
+                        cpu_before = cpu_seconds(policy_pid)
+                        run_ = wrk(
+                            url,
+                            script,
+                            connections=connections,
+                            seconds=knobs.seconds,
+                            env={
+                                **env,
+                                "BENCH_PATH": env_path,
+                                "BENCH_STUDY_UID": self.study.uid,
+                            },
                         )
+                        cpu = cpu_seconds(policy_pid) - cpu_before
+                        run_.cpu_us = cpu / max(1, run_.requests) * 1e6
+                        series.runs.append(run_)
                         if sampler is not None:
                             sampler.join()
                     say(

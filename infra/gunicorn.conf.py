@@ -9,11 +9,9 @@ import sys
 POLICY = any("policy_service" in arg for arg in sys.argv)
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-worker_class = "asgi" if POLICY else "gthread"
+worker_class = "services.policy_service.asgi.PolicyWorker" if POLICY else "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
-threads = 1 if POLICY else int(os.environ.get("GUNICORN_THREADS", "8"))
-# uvloop is a dependency: no fallback to asyncio's slower loop without anyone noticing.
-asgi_loop = "uvloop"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # One copy of the code in the master, shared by the workers (memory).
 preload_app = True
 # A master killed with SIGKILL leaves its workers holding the port for a moment;

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from services.policy_service.decision import MAX_VALIDITY_SECONDS
 from services.shared.accounts import identity
 from services.shared.revocation import RevocationStore
 from services.shared.tokens import TokenCodec, TokenKind
@@ -263,7 +264,9 @@ def test_policy_stopped_denies_everything_then_recovers(through, stack):
     result = stack.supervisorctl("stop", "policy")
     assert result.returncode == 0, result.stdout + result.stderr
     try:
-        time.sleep(2.1)  # grants cached by the Orthanc plugin run out
+        # Grants cached by nginx and the Orthanc plugin run out: 2 s, which nginx counts
+        # from the whole second the grant came in, so up to one more.
+        time.sleep(MAX_VALIDITY_SECONDS + 1.1)
         assert through.nginx("GET", "/studies", token).status_code >= 400
         assert through.nginx("GET", "/system", token).status_code >= 400
         direct = requests.get(f"{stack.orthanc_url}/studies", headers={"token": token}, timeout=10)
