@@ -15,11 +15,11 @@ from typing import Any
 from services.shared.revocation import RevocationStore, redis_client
 from services.shared.settings import Settings, load_settings
 from services.shared.tokens import TokenCodec
+from services.shared.users import UserTable
 
 from .audit import AuditLog, log_to_stderr
 from .decision import PolicyEngine
 from .routes import DecisionEndpoints, HealthEndpoint, StartResponse
-from .users import UserTable
 
 
 class PolicyApp:
