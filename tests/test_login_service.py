@@ -17,9 +17,10 @@ import pytest
 from services.login_service import create_app
 from services.shared.accounts import save_user, set_disabled
 from services.shared.auth_tokens import auth_token_claims
+from services.shared.db import Database
 from services.shared.settings import load_settings
 from services.shared.tokens import TokenKind
-from services.shared.web import resources
+from services.shared.web import DATABASE_DOWN, resources
 
 BASE_URL = "https://localhost"
 VIEWER = "https://localhost:3000"
@@ -47,10 +48,17 @@ class SignInActions:
     def user(
         self, username="ann", password=PASSWORD, *, name="Ann Smith", can_edit=False, disabled=False
     ):
-        with resources_of(self.app).db.session() as session:
-            save_user(session, name=name, username=username, password=password, can_edit=can_edit)
-            if disabled:
-                set_disabled(session, username)
+        # Written as the token service and zhiva-admin write users; the login only reads.
+        database = Database(resources_of(self.app).settings.database_url)
+        try:
+            with database.session() as session:
+                save_user(
+                    session, name=name, username=username, password=password, can_edit=can_edit
+                )
+                if disabled:
+                    set_disabled(session, username)
+        finally:
+            database.engine.dispose()
 
     def page(self, return_uri=VIEWER + "/", response_type=None, **kwargs):
         query = {"return_uri": return_uri}
@@ -600,6 +608,35 @@ def test_redis_down_fails_closed_with_503(app_config):
     response = actions.sign_user({"username": "ann", "password": PASSWORD, "referer": VIEWER})
     assert response.status_code == 503
     assert "token store does not answer" in response.json["message"]
+
+
+# --- database down -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        "sqlite:////nonexistent/dir/zhiva.db",
+        "postgresql+psycopg://postgres@127.0.0.1:1/zhiva",  # nothing listens on port 1
+    ],
+    ids=["sqlite", "postgresql"],
+)
+def test_database_down_answers_503_and_counts_no_failure(app_config, database_url):
+    """The driver's error is the 503 SQLAlchemy's OperationalError was; health says so too."""
+    app = create_app({**app_config, "DATABASE_URL": database_url, "LOGIN_USER_FAILURE_LIMIT": 2})
+    actions = SignInActions(app, app.test_client())
+    assert actions.page().status_code == 200  # the form itself needs no database
+    # More attempts than the limit: an attempt the database could not judge is not a failure.
+    for _ in range(3):
+        response = actions.submit("ann", PASSWORD)
+        assert response.status_code == 503 and "Location" not in response.headers
+        assert response.json["message"] == DATABASE_DOWN and response.headers["Retry-After"]
+        response = actions.sign_user({"username": "ann", "password": PASSWORD, "referer": VIEWER})
+        assert response.status_code == 503 and response.json == {"message": DATABASE_DOWN}
+        assert response.headers["Retry-After"]
+    health = app.test_client().get("/healthz")
+    assert health.status_code == 503
+    assert health.json["checks"] == {"redis": True, "database": False}
 
 
 # --- the shared auth-token claims -------------------------------------------------------------

@@ -24,13 +24,13 @@ from werkzeug.test import Client
 from services.policy_service import create_app
 from services.policy_service.decision import MAX_VALIDITY_SECONDS
 from services.policy_service.permissions import Role, normalise_path, required_role
-from services.policy_service.users import UserTable
 from services.shared.accounts import identity, revoke_all_tokens, save_user, set_disabled
 from services.shared.db import Database
 from services.shared.revocation import MAX_LAG_SECONDS, RevocationStore, redis_client
 from services.shared.schema import upgrade
 from services.shared.settings import load_settings
 from services.shared.tokens import TokenCodec, TokenKind
+from services.shared.users import UserTable
 from tests.support.processes import wait_until
 
 PASSWORD = "Str0ng-Passw0rd!"

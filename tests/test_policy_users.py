@@ -1,8 +1,8 @@
-"""The policy service's user reader (services/policy_service/users.py) and what it spares.
+"""The user reader of the policy and login services (services/shared/users.py), and what it spares.
 
-The policy service reads the user table through the DB-API driver and is a
-plain WSGI app, so its processes load neither SQLAlchemy nor Flask (issue 6:
-three services <= 150 MB idle).
+Both services read the user table through the DB-API driver, so their
+processes never load SQLAlchemy; the policy service, a plain WSGI app, not
+Flask either (issue 6: three services <= 150 MB idle).
 Users are written here with the shared accounts code (SQLAlchemy), as the
 token service and zhiva-admin write them, on real SQLite and real PostgreSQL.
 """
@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from services.policy_service.users import UnsupportedDatabase, UserRow, UserTable
-from services.shared.accounts import revoke_all_tokens, save_user, set_disabled
+from services.shared import accounts
+from services.shared.accounts import find_user, revoke_all_tokens, save_user, set_disabled
+from services.shared.credentials import authenticate, identity
 from services.shared.db import Database
 from services.shared.models import User
 from services.shared.schema import upgrade
 from services.shared.settings import PROJECT_DIR
+from services.shared.users import Account, UnsupportedDatabase, UserRow, UserTable
 
 PASSWORD = "Str0ng-Passw0rd!"
 
@@ -73,11 +75,48 @@ def test_reads_what_the_accounts_code_wrote(database_url, writer):
     users.close()
 
 
+def test_account_signs_in_as_the_orm_user_would(database_url, writer):
+    """The login's read: the same answers from the one sign-in rule as through the ORM."""
+    ann = f"ann-policy-users-{uuid.uuid4().hex[:8]}"
+    with writer.session() as session:
+        save_user(session, name="Ann Smith", username=ann, password=PASSWORD, can_edit=True)
+        password_hash = find_user(session, ann).password_hash
+    users = UserTable(database_url)
+    account = Account(
+        name="Ann Smith",
+        username=ann,
+        password_hash=password_hash,
+        disabled=False,
+        can_edit=True,
+        is_admin=False,
+        token_generation=0,
+    )
+    assert users.account(ann.upper()) == account
+    assert authenticate(users.account, ann, PASSWORD) == account
+    with writer.session() as session:
+        assert identity(account) == identity(accounts.authenticate(session, ann, PASSWORD))
+    for username, password in ((ann, "Wrong-Passw0rd!"), (None, PASSWORD), (ann, None)):
+        assert authenticate(users.account, username, password) is None
+    with writer.session() as session:
+        revoke_all_tokens(session, ann)
+    assert users.account(ann).token_generation == 1
+    with writer.session() as session:
+        set_disabled(session, ann, True)
+        assert accounts.authenticate(session, ann, PASSWORD) is None
+    assert users.account(ann).disabled is True
+    assert authenticate(users.account, ann, PASSWORD) is None
+    assert users.account("nobody-policy-users") is None
+    assert users.account("\u0430" + ann[1:]) is None
+    users.close()
+
+
 def test_missing_sqlite_file_is_an_error_not_a_new_database(tmp_path):
     path = tmp_path / "absent" / "zhiva.db"
     users = UserTable(f"sqlite:///{path}")
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(sqlite3.OperationalError):  # one of users.unavailable: a 503
         users.find("ann")
+    with pytest.raises(users.unavailable):
+        users.account("ann")
     assert users.ping() is False
     path.parent.mkdir()
     with pytest.raises(sqlite3.Error):
@@ -130,12 +169,24 @@ def _modules_after_create_app(service: str, config: dict[str, Any]) -> set[str]:
     return set(json.loads(result.stdout))
 
 
+def _loaded(modules: set[str], package: str) -> set[str]:
+    return {m for m in modules if m == package or m.startswith(package + ".")}
+
+
 def test_policy_service_loads_neither_sqlalchemy_nor_flask(app_config):
     """Each policy process would carry about 26 MB of heap it does not use (issue 6)."""
     policy = _modules_after_create_app("policy", app_config)
-    assert "services.policy_service.users" in policy
+    assert "services.shared.users" in policy
     for package in ("sqlalchemy", "flask", "jinja2", "alembic"):
-        assert not {m for m in policy if m == package or m.startswith(package + ".")}, package
+        assert not _loaded(policy, package), package
     # The check can fail: the token service, which writes users, loads both.
     token = _modules_after_create_app("token", app_config)
     assert {"sqlalchemy.orm", "flask"} <= token
+
+
+def test_login_service_loads_no_sqlalchemy(app_config):
+    """Each login process would carry about 19 MB of heap for one SELECT (issue 6)."""
+    login = _modules_after_create_app("login", app_config)
+    assert {"services.shared.users", "flask", "jinja2"} <= login
+    for package in ("sqlalchemy", "alembic"):
+        assert not _loaded(login, package), package

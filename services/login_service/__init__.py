@@ -1,4 +1,9 @@
-"""The login service: /auth/sign-in, which sends the viewer back with a one-off auth token."""
+"""The login service: /auth/sign-in, which sends the viewer back with a one-off auth token.
+
+It only reads users, through the database driver (services/shared/users.py),
+so no login process loads SQLAlchemy (issue 6: memory;
+tests/test_policy_users.py checks it stays so).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from services.shared.cors import enable_cors
 from services.shared.throttle import Throttle
+from services.shared.users import UserTable
 from services.shared.web import create_service_app
 
 from .signin import SignIn
@@ -25,7 +31,7 @@ csrf = CSRFProtect()
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    app = create_service_app(__name__, "login", config, can_sign=True)
+    app = create_service_app(__name__, "login", config, database=UserTable, can_sign=True)
     limits = {
         name: int((config or {}).get(name, default)) for name, default in DEFAULT_LIMITS.items()
     }
@@ -35,6 +41,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     prefix = res.settings.redis_key_prefix
     window = limits["LOGIN_FAILURE_WINDOW"]
     app.extensions["zhiva_sign_in"] = SignIn(
+        users=res.db,
         user_throttle=Throttle(
             res.redis, prefix, "login-user", limit=limits["LOGIN_USER_FAILURE_LIMIT"], window=window
         ),

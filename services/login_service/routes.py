@@ -100,12 +100,8 @@ def sign_in() -> Response:
     if not form.validate():
         # The CSRF token was checked before the view ran; what is left is the fields.
         return _form_page(form, return_uri, 400, "Enter your username and password.")
-    res = resources()
     try:
-        with res.db.session() as session:
-            who = _sign_in().authenticate(
-                session, form.username.data, form.password.data, request.remote_addr
-            )
+        who = _sign_in().authenticate(form.username.data, form.password.data, request.remote_addr)
     except SignInFailed as failure:
         log.info("sign-in refused from %s", request.remote_addr)
         return _form_page(_fresh(form), return_uri, 400, str(failure))
@@ -114,6 +110,7 @@ def sign_in() -> Response:
         response = _form_page(_fresh(form), return_uri, 429, str(blocked))
         response.headers["Retry-After"] = str(blocked.retry_after)
         return response
+    res = resources()
     token, _claims = issue_auth_token(res.codec, res.settings, who, audience=return_uri.audience)
     log.info("user %s signed in for %s", who.username, return_uri.audience)
     response = redirect(redirect_location(return_uri, token, return_params), code=302)
@@ -139,16 +136,15 @@ def sign_user() -> Response:
         return_uri = check_return_uri(body.get("referer"), resources().origins)
     except BadReturnUri:
         return error(INVALID_DATA, 400)
-    res = resources()
     try:
-        with res.db.session() as session:
-            who = _sign_in().authenticate(session, username, password, request.remote_addr)
+        who = _sign_in().authenticate(username, password, request.remote_addr)
     except SignInFailed:
         log.info("sign-user refused from %s", request.remote_addr)
         return error(INVALID_DATA, 400)
     except TooManyAttempts as blocked:
         log.warning("sign-user throttled from %s", request.remote_addr)
         return error(str(blocked), 429, {"Retry-After": str(blocked.retry_after)})
+    res = resources()
     token, _claims = issue_auth_token(res.codec, res.settings, who, audience=return_uri.audience)
     response = current_app.json.response(token=token)
     response.headers["Cache-Control"] = "no-store"

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy.orm import Session
-
-from services.shared.accounts import authenticate, identity
+from services.shared.credentials import authenticate, identity
 from services.shared.names import normalise_username
 from services.shared.origins import Origin, OriginPolicy, parse_origin
 from services.shared.throttle import Throttle
 from services.shared.tokens import Identity
+from services.shared.users import UserTable
 
 MAX_RETURN_URI_LENGTH = 2048
 MAX_RESPONSE_TYPE_LENGTH = 4096
@@ -146,13 +145,17 @@ def throttle_keys(username: object, client_address: str | None) -> tuple[list[st
 
 @dataclass
 class SignIn:
-    """Checks credentials with brute-force throttling per username and per client address."""
+    """Checks credentials with brute-force throttling per username and per client address.
 
+    A database error passes through (the app answers 503) and counts as no attempt.
+    """
+
+    users: UserTable
     user_throttle: Throttle
     address_throttle: Throttle
 
     def authenticate(
-        self, session: Session, username: object, password: object, client_address: str | None
+        self, username: object, password: object, client_address: str | None
     ) -> Identity:
         user_keys, address_keys = throttle_keys(username, client_address)
         # A blocked key refuses even the right password: otherwise guessing would go on.
@@ -162,11 +165,7 @@ class SignIn:
         )
         if wait:
             raise TooManyAttempts(wait)
-        user = authenticate(
-            session,
-            username if isinstance(username, str) else "",
-            password if isinstance(password, str) else "",
-        )
+        user = authenticate(self.users.account, username, password)
         if user is None:
             failures = max(
                 self.user_throttle.failed(*user_keys) if user_keys else 0,

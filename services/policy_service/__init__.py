@@ -17,12 +17,12 @@ from typing import Any
 from services.shared.revocation import RevocationMirror
 from services.shared.settings import Settings, load_settings
 from services.shared.tokens import TokenCodec
+from services.shared.users import UserTable
 
 from .asgi import ASGIApp, serve
 from .audit import AuditLog, log_to_stderr
 from .decision import PolicyEngine
 from .routes import DecisionEndpoints, HealthEndpoint, StartResponse
-from .users import UserTable
 
 
 class PolicyApp:

@@ -33,9 +33,9 @@ from services.shared.tokens import (
     TokenKind,
     TokenMissing,
 )
+from services.shared.users import UserTable
 
 from .permissions import Role, required_role, role_of
-from .users import UserTable
 
 log = logging.getLogger("zhiva.policy")
 

@@ -1,19 +1,24 @@
 """User accounts: the one place that creates, finds, authenticates and revokes users.
 
-The token service's page and API, the login service and the admin CLI all go
-through these functions, so every rule (normalised usernames, strong
-passwords, disabled users) is written once.
+The token service's page and API and the admin CLI go through these
+functions, so every rule (normalised usernames, strong passwords, disabled
+users) is written once. The login service only reads: it finds accounts
+through the database driver (services/shared/users.py) and checks them with
+the same sign-in rule (services/shared/credentials.py), without SQLAlchemy.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from . import credentials
+from .credentials import identity as identity  # re-exported: part of the accounts API
 from .models import User
 from .names import normalise_name, normalise_username
-from .passwords import check_password, hash_password, weak_password_reason
-from .tokens import Identity
+from .passwords import hash_password, weak_password_reason
 
 
 class AccountError(ValueError):
@@ -60,23 +65,7 @@ def save_user(
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
     """The enabled user with this password, or None; the same cost for every failure."""
-    user = find_user(session, username) if isinstance(username, str) else None
-    valid = check_password(
-        password if isinstance(password, str) else "", user.password_hash if user else None
-    )
-    if not valid or user is None or user.disabled:
-        return None
-    return user
-
-
-def identity(user: User) -> Identity:
-    return Identity(
-        name=user.name,
-        username=user.username,
-        can_edit=user.can_edit,
-        is_admin=user.is_admin,
-        generation=user.token_generation,
-    )
+    return credentials.authenticate(partial(find_user, session), username, password)
 
 
 def revoke_all_tokens(session: Session, username: str) -> User:

@@ -1,12 +1,21 @@
-"""Database engine and sessions; SQLite by default, PostgreSQL by DATABASE_URL."""
+"""Database engine and sessions; SQLite by default, PostgreSQL by DATABASE_URL.
+
+For the token service, the admin CLI and the migrations, which write users. A
+service that only reads them uses services/shared/users.py, which spares
+loading SQLAlchemy.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("zhiva")
 
 
 def make_engine(url: str) -> Engine:
@@ -29,6 +38,10 @@ def make_engine(url: str) -> Engine:
 
 
 class Database:
+    # Read-only or full disk, a lock held too long, PostgreSQL gone: nothing was
+    # written (the session rolled back), so the services answer 503 (web.py).
+    unavailable: tuple[type[Exception], ...] = (OperationalError,)
+
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -43,3 +56,13 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def ping(self) -> bool:
+        """True when the database answers (the health check)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+            log.exception("database health check failed")
+            return False

@@ -2,21 +2,23 @@
 
 Each service's `create_app(config=None)` calls `create_service_app`, then adds
 its blueprint. Clients are built here, inside the factory, never at import.
+The database client is the service's choice: the token service writes users
+through SQLAlchemy (`Database`), the login service only reads them through the
+driver (`UserTable`), so this module imports neither, and no login process
+loads SQLAlchemy (issue 6: memory).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from flask import Flask, current_app, jsonify, request
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .db import Database
 from .origins import OriginPolicy
 from .revocation import RevocationStore, StoreUnavailable, redis_client
 from .settings import Settings, load_settings
@@ -27,12 +29,24 @@ log = logging.getLogger("zhiva")
 DATABASE_DOWN = "The database is unavailable (read-only or full disk?); try again in a moment"
 
 
+class DatabaseClient(Protocol):
+    """What the shared app asks of a service's database client (Database, UserTable)."""
+
+    # The errors that mean the database cannot answer now: 503 DATABASE_DOWN.
+    unavailable: tuple[type[Exception], ...]
+
+    def ping(self) -> bool: ...
+
+
+DB = TypeVar("DB", bound=DatabaseClient)
+
+
 @dataclass
-class Resources:
+class Resources(Generic[DB]):
     """The clients a service uses, built once per process by its factory."""
 
     settings: Settings
-    db: Database
+    db: DB
     revocations: RevocationStore
     codec: TokenCodec
     origins: OriginPolicy
@@ -42,7 +56,7 @@ class Resources:
         return self.revocations.client
 
 
-def resources() -> Resources:
+def resources() -> Resources[Any]:
     return current_app.extensions["zhiva"]
 
 
@@ -55,8 +69,14 @@ def error(message: str, status: int, headers: dict[str, str] | None = None):  # 
 
 
 def create_service_app(
-    import_name: str, service: str, config: dict[str, Any] | None = None, *, can_sign: bool = False
+    import_name: str,
+    service: str,
+    config: dict[str, Any] | None = None,
+    *,
+    database: Callable[[str], DatabaseClient],
+    can_sign: bool = False,
 ) -> Flask:
+    """The service's Flask app; `database` makes its database client from DATABASE_URL."""
     settings = load_settings(config)
     app = Flask(import_name)
     app.config.update(
@@ -77,9 +97,10 @@ def create_service_app(
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
 
     redis = redis_client(settings.redis_url)
+    db = database(settings.database_url)
     app.extensions["zhiva"] = Resources(
         settings=settings,
-        db=Database(settings.database_url),
+        db=db,
         revocations=RevocationStore(
             redis, settings.redis_key_prefix, keep_seconds=settings.longest_token_lifetime
         ),
@@ -87,14 +108,14 @@ def create_service_app(
         origins=OriginPolicy(settings.origin_patterns),
     )
     app.config["SERVICE_NAME"] = service
-    _register_errors(app)
+    _register_errors(app, db.unavailable)
     app.add_url_rule("/healthz", "healthz", _healthz)
     return app
 
 
 def _healthz():  # type: ignore[no-untyped-def]
     res = resources()
-    checks = {"redis": res.revocations.ping(), "database": _database_ok(res.db)}
+    checks = {"redis": res.revocations.ping(), "database": res.db.ping()}
     status = 200 if all(checks.values()) else 503
     body = {
         "service": current_app.config["SERVICE_NAME"],
@@ -103,17 +124,7 @@ def _healthz():  # type: ignore[no-untyped-def]
     return jsonify(**body, checks=checks), status
 
 
-def _database_ok(db: Database) -> bool:
-    try:
-        with db.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not healthy"
-        log.exception("database health check failed")
-        return False
-
-
-def _register_errors(app: Flask) -> None:
+def _register_errors(app: Flask, database_unavailable: tuple[type[Exception], ...]) -> None:
     @app.errorhandler(TokenError)
     def _token_error(exc: TokenError):  # type: ignore[no-untyped-def]
         if isinstance(exc, TokenInvalid):
@@ -126,12 +137,17 @@ def _register_errors(app: Flask) -> None:
         log.error("redis unavailable on %s %s", request.method, request.path)
         return error(str(exc), 503, {"Retry-After": "5"})
 
-    @app.errorhandler(OperationalError)
-    def _database_down(exc: OperationalError):  # type: ignore[no-untyped-def]
+    def _database_down(exc: Exception):  # type: ignore[no-untyped-def]
         # Read-only or full disk, a lock held too long, PostgreSQL gone: nothing was
         # written (the session rolled back); say so with a status a client can retry.
-        log.error("database unavailable on %s %s: %s", request.method, request.path, exc.orig)
+        # Only the driver's error is logged: SQLAlchemy's wrapper around it (`orig`)
+        # also spells out the statement and its parameters (a password hash, say).
+        cause = getattr(exc, "orig", exc)
+        log.error("database unavailable on %s %s: %s", request.method, request.path, cause)
         return error(DATABASE_DOWN, 503, {"Retry-After": "5"})
+
+    for unavailable in database_unavailable:
+        app.register_error_handler(unavailable, _database_down)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

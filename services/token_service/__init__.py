@@ -8,11 +8,13 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from services.shared.cors import enable_cors
+from services.shared.db import Database
 from services.shared.web import Resources, create_service_app
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    app = create_service_app(__name__, "token", config, can_sign=True)
+    # The token service writes users (its page and API create them): SQLAlchemy.
+    app = create_service_app(__name__, "token", config, database=Database, can_sign=True)
     # The CSRF token (bound to the session) is the protection. The strict HTTPS
     # Referer check is off because nginx decides what Host we see, and a Host
     # without the port would refuse every form; SameSite=Lax cookies remain.
@@ -26,6 +28,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for view in API_VIEWS:
         csrf.exempt(view)
     app.register_blueprint(blueprint)
-    zhiva: Resources = app.extensions["zhiva"]
+    zhiva: Resources[Database] = app.extensions["zhiva"]
     enable_cors(app, zhiva.origins, API_PATHS)
     return app
