@@ -22,6 +22,7 @@ from services.shared.revocation import (
     RevocationStore,
     StoreUnavailable,
     redis_client,
+    revoked_key,
 )
 from tests.support.processes import wait_until
 from tests.support.redis_server import RedisServer
@@ -70,6 +71,18 @@ def test_revocations_made_before_the_mirror_started_are_held(store, mirror):
     assert not mirror.is_revoked(_jti())
 
 
+def test_keys_written_without_the_stream_are_held(store, mirror):
+    """An auth token redeemed by a token service from before the stream (an upgrade):
+    only its key exists, and it must stay refused."""
+    jti, forever = _jti(), _jti()
+    store.client.set(revoked_key(store.prefix, jti), "1", ex=3600)
+    store.client.set(revoked_key(store.prefix, forever), "1")
+    assert store.client.xlen(store.stream) == 0
+    assert mirror.wait_synced(5)
+    assert mirror.is_revoked(jti) and mirror.is_revoked(forever)
+    assert not mirror.is_revoked(_jti())
+
+
 def test_redeem_once_announces_only_the_first_redemption(store, mirror):
     jti = _jti()
     expires = int(time.time()) + DAY
@@ -93,6 +106,8 @@ def test_the_stream_keeps_entries_only_as_long_as_a_token_can_live(redis_server,
 def test_expired_tokens_are_not_held(store, mirror):
     expired = _jti()
     store.revoke(expired, int(time.time()) - 5)  # its key lives 1 s; the token is dead anyway
+    time.sleep(1.2)  # the key is gone; the stream entry stays until trimmed
+    assert store.client.xlen(store.stream) == 1
     assert mirror.wait_synced(5)
     assert expired not in mirror._revoked
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,7 +51,20 @@ class PolicyWorker(UvicornWorker):
         # Decisions are logged in audit.log; an access line each would double the logging.
         "access_log": False,
         "server_header": False,
+        # How often uvicorn calls callback_notify (below): the heartbeat gunicorn's master
+        # watches, and here also the check that the master is still there.
+        "timeout_notify": 1,
     }
+
+    async def callback_notify(self) -> None:
+        # A master killed with SIGKILL leaves its workers serving the port it shared with
+        # them (SO_REUSEPORT) next to the new master's; gthread workers notice and leave,
+        # uvicorn's do not by themselves. uvicorn's SIGTERM handler ends the worker cleanly.
+        if os.getppid() != self.ppid:
+            self.log.info("gunicorn master gone; policy worker %s leaving", os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.notify()
 
 
 def _environ(scope: Scope, body: bytes, length: int) -> dict[str, Any]:

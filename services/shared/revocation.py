@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import redis
 
@@ -53,6 +53,10 @@ return 1
 """
 
 
+def revoked_key(prefix: str, jti: str) -> str:
+    return f"{prefix}revoked:{jti}"
+
+
 class StoreUnavailable(RuntimeError):
     """Redis does not answer: callers grant nothing and answer 503."""
 
@@ -82,7 +86,7 @@ class RevocationStore:
         self._script = client.register_script(_REVOKE_SCRIPT)
 
     def _key(self, jti: str) -> str:
-        return f"{self.prefix}revoked:{jti}"
+        return revoked_key(self.prefix, jti)
 
     @staticmethod
     def _ttl(expires_at: int) -> int:
@@ -127,13 +131,14 @@ PRUNE_EVERY_SECONDS = 60.0
 class RevocationMirror:
     """Every revoked token id that is not yet expired, held in this process.
 
-    A thread follows the stream RevocationStore writes: first every entry it
-    holds, then, blocked in XREAD, each new one as it comes (milliseconds
-    after the revocation). `is_revoked` answers from memory, and only while
-    the thread's last completed read started less than MAX_LAG_SECONDS ago;
-    otherwise (Redis down, the thread stuck) it raises StoreUnavailable, so the
-    caller denies. The thread starts on first use in each process: a gunicorn
-    master that forks workers never runs one, and each worker runs its own.
+    A thread follows the stream RevocationStore writes: first the revocation
+    keys themselves and every entry the stream holds, then, blocked in XREAD,
+    each new entry as it comes (milliseconds after the revocation).
+    `is_revoked` answers from memory, and only while the thread's last
+    completed read started less than MAX_LAG_SECONDS ago; otherwise (Redis
+    down, the thread stuck) it raises StoreUnavailable, so the caller denies.
+    The thread starts on first use in each process: a gunicorn master that
+    forks workers never runs one, and each worker runs its own.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class RevocationMirror:
     ) -> None:
         self.url = url
         self.stream = prefix + STREAM
+        self.key_pattern = revoked_key(prefix, "*")
         self.max_lag = max_lag
         # XREAD blocks this long when nothing new comes (a new entry ends the wait at
         # once): a quarter of the lag allowed, so an idle mirror is never taken for stale.
@@ -200,6 +206,8 @@ class RevocationMirror:
             try:
                 if client is None:
                     client = redis_client(self.url, timeout=self.block_ms / 1000 + 1.0)
+                    if last_id == "0-0":
+                        self._load_keys(client)
                 started = self.clock()
                 reply = client.xread(
                     {self.stream: last_id}, count=FOLLOW_BATCH, block=self.block_ms
@@ -227,6 +235,22 @@ class RevocationMirror:
                     client = None
                 stopping.wait(RETRY_SECONDS)
 
+    def _load_keys(self, client: redis.Redis) -> None:
+        """The revocation keys themselves, once before the stream: a version of the token
+        service before the stream (an upgrade, with auth tokens redeemed the day before)
+        wrote keys alone, and those tokens must stay refused."""
+        now = int(time.time())
+        cut = len(self.key_pattern) - 1
+        for keys in _batches(client.scan_iter(match=self.key_pattern, count=1000), 1000):
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.ttl(key)
+            for key, ttl in zip(keys, pipe.execute(), strict=True):
+                if ttl == -1:  # no expiry: held as long as any token could live
+                    ttl = DEFAULT_KEEP_SECONDS
+                if ttl > 0:
+                    self._revoked[key[cut:]] = now + ttl
+
     def _add(self, fields: dict[str, str]) -> None:
         jti, expires = fields.get("jti"), fields.get("exp", "")
         if jti and expires.isdigit() and int(expires) > time.time():
@@ -237,3 +261,14 @@ class RevocationMirror:
         now = time.time()
         for jti in [jti for jti, expires in self._revoked.items() if expires <= now]:
             self._revoked.pop(jti, None)
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
