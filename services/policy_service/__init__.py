@@ -11,6 +11,7 @@ the WSGI application `create_app()` returns.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,6 +50,10 @@ class PolicyApp:
     def start(self) -> None:
         """In each worker, before its first request: begin following the revocations."""
         self.revocations.wait_synced(timeout=1.0)
+        # What is loaded by now lives as long as the worker: out of the collector's sight,
+        # so its full collections walk only what requests made. Probe (cold webhook, 32
+        # connections, two interleaved rounds of 3): about 5 % less CPU per decision.
+        gc.freeze()
 
     def close(self) -> None:
         self.revocations.stop()
