@@ -6,6 +6,7 @@ unchanged (checked with an admin token after every refused write).
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import threading
@@ -490,3 +491,46 @@ def test_explorer_with_token_straight_from_orthanc(pacs, tmp_path):
         assert viewer.upload(refused) == 403
         assert pacs.snapshot() == before
         context.close()
+
+
+# --- the policy service as gunicorn serves it (uvicorn workers, services/policy_service/asgi.py)
+
+
+def _webhook_body(token: str) -> dict[str, Any]:
+    return {
+        "method": "get",
+        "level": "system",
+        "uri": "/system",
+        "token-key": "token",
+        "token-value": token,
+    }
+
+
+def test_served_webhook_reads_chunked_and_refuses_oversized_bodies(pacs):
+    url = f"{pacs.policy.url}/webhook"
+    body = json.dumps(_webhook_body(pacs.token("viewer"))).encode()
+    assert requests.post(url, data=body, timeout=10).json()["granted"] is True
+    # No Content-Length: the adapter reads the chunks and tells the app their length.
+    chunked = requests.post(url, data=iter([body[:10], body[10:]]), timeout=10)
+    assert chunked.json() == {"granted": True, "validity": 2, "role": "viewer"}
+    # Past 64 KB the body is not parsed: the same token inside a padded body grants nothing.
+    padded = json.dumps({**_webhook_body(pacs.token("viewer")), "pad": "x" * 70_000})
+    assert requests.post(url, data=padded, timeout=10).json() == {"granted": False, "validity": 0}
+
+
+def test_served_authorize_sees_one_value_per_header(pacs):
+    """A repeated header reaches the app joined with a comma (WSGI's rule), so two tokens
+    are one malformed token, never the first or the last one alone."""
+    token = pacs.token("viewer")
+    url = f"{pacs.policy.url}/authorize"
+    headers = {"X-Original-Method": "GET", "X-Original-URI": "/zhiva/system"}
+    assert requests.get(url, headers={**headers, "token": token}, timeout=10).status_code == 204
+    twice = http.client.HTTPConnection("127.0.0.1", int(pacs.policy.url.rsplit(":", 1)[1]))
+    try:
+        twice.putrequest("GET", "/authorize")
+        for name, value in [*headers.items(), ("token", token), ("token", token)]:
+            twice.putheader(name, value)
+        twice.endheaders()
+        assert twice.getresponse().status == 403
+    finally:
+        twice.close()

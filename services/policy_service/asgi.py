@@ -22,7 +22,6 @@ per user and worker at most every USER_CACHE_SECONDS) and the audit line's
 from __future__ import annotations
 
 import io
-import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -31,8 +30,6 @@ from typing import Any
 from uvicorn_worker import UvicornWorker
 
 from .routes import MAX_BODY, MAX_DRAINED_BODY, WSGIApp
-
-log = logging.getLogger("zhiva.policy")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
