@@ -123,7 +123,8 @@ class RevocationStore:
 FOLLOW_BATCH = 1000
 RETRY_SECONDS = 0.5
 # Past this without a completed read, the mirror refuses to answer (fail closed).
-# With nginx's 2 s grant cache on top, a revocation bites within 4 s (CONTRACT: 5).
+# With nginx's 2 s grant cache on top (which counts whole seconds: up to 3), a
+# revocation bites within 5 s even when Redis answers slowly (CONTRACT: 5).
 MAX_LAG_SECONDS = 2.0
 PRUNE_EVERY_SECONDS = 60.0
 
