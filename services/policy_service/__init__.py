@@ -5,7 +5,7 @@ three endpoints (routes.py) need none of Flask, and neither Flask nor
 SQLAlchemy is loaded, so every policy process (gunicorn's master and one
 worker per core) carries about 26 MB less heap (issue 6, docs/BENCHMARKS.md;
 tests/test_policy_users.py checks it stays so). gunicorn serves it through
-`create_asgi_app()` on its asgi worker (asgi.py says why); the tests drive
+`create_asgi_app()` on uvicorn workers (asgi.py says why); the tests drive
 the WSGI application `create_app()` returns.
 """
 
@@ -66,6 +66,6 @@ def create_app(config: dict[str, Any] | None = None) -> PolicyApp:
 
 
 def create_asgi_app(config: dict[str, Any] | None = None) -> ASGIApp:
-    """What gunicorn's asgi worker serves (infra/render.py)."""
+    """What gunicorn's uvicorn workers serve (infra/render.py, infra/gunicorn.conf.py)."""
     app = create_app(config)
     return serve(app, on_startup=app.start, on_shutdown=app.close)
