@@ -191,6 +191,7 @@ class Bench:
         path = f"/pacs/studies/{self.study.uid}/metadata"
         policy = f"http://127.0.0.1:{self.stack.settings.policy_service_port}"
         check = f"https://localhost:{self.nginx.check_port}"
+        policy_pid = self.pids()["policy"]  # its CPU time is read around each run
         for state in ("cold", "warm"):
             env = (
                 {"BENCH_TOKENS": str(tokens_file)}
@@ -208,7 +209,6 @@ class Bench:
                         if connections == 32 and run == 0:
                             sampler = threading.Timer(knobs.seconds / 2, self.during_load, ("",))
                             sampler.start()
-                        policy_pid = self.pids()["policy"]
                         cpu_before = cpu_seconds(policy_pid)
                         run_ = wrk(
                             url,

@@ -28,7 +28,7 @@ from services.shared.tokens import TokenCodec, TokenKind
 from tests.browser.chromium import chromium_browser
 from tests.support.explorer import ExplorerPage, unique_dicom
 from tests.support.orthanc import OrthancServer, PolicyServer
-from tests.support.revocation import revoke_and_wait
+from tests.support.revocation import revoke_and_wait, system_webhook_body
 from tests.support.spelled import send_spelled
 
 PASSWORD = "Str0ng-Passw0rd!"
@@ -496,25 +496,15 @@ def test_explorer_with_token_straight_from_orthanc(pacs, tmp_path):
 # --- the policy service as gunicorn serves it (uvicorn workers, services/policy_service/asgi.py)
 
 
-def _webhook_body(token: str) -> dict[str, Any]:
-    return {
-        "method": "get",
-        "level": "system",
-        "uri": "/system",
-        "token-key": "token",
-        "token-value": token,
-    }
-
-
 def test_served_webhook_reads_chunked_and_refuses_oversized_bodies(pacs):
     url = f"{pacs.policy.url}/webhook"
-    body = json.dumps(_webhook_body(pacs.token("viewer"))).encode()
+    body = json.dumps(system_webhook_body(pacs.token("viewer"))).encode()
     assert requests.post(url, data=body, timeout=10).json()["granted"] is True
     # No Content-Length: the adapter reads the chunks and tells the app their length.
     chunked = requests.post(url, data=iter([body[:10], body[10:]]), timeout=10)
     assert chunked.json() == {"granted": True, "validity": 2, "role": "viewer"}
     # Past 64 KB the body is not parsed: the same token inside a padded body grants nothing.
-    padded = json.dumps({**_webhook_body(pacs.token("viewer")), "pad": "x" * 70_000})
+    padded = json.dumps({**system_webhook_body(pacs.token("viewer")), "pad": "x" * 70_000})
     assert requests.post(url, data=padded, timeout=10).json() == {"granted": False, "validity": 0}
 
 

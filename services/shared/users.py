@@ -9,9 +9,10 @@ psycopg for `postgresql:` URLs. The schema is still Alembic's
 (services/migrations), and users are still written only through SQLAlchemy
 (services/shared/accounts.py); this only reads.
 
-Connections are opened lazily, one per thread (gunicorn's gthread worker runs
-requests in threads; nothing is opened in the master before fork), and one
-that failed is dropped and opened again on the next call.
+Connections are opened lazily, one per thread (the login's gthread worker
+runs requests in threads, the policy's event loop in one; nothing is opened
+in the master before fork), and one that failed is dropped and opened again
+on the next call.
 """
 
 from __future__ import annotations

@@ -20,6 +20,17 @@ from .processes import wait_until
 DENIED_IN_A_ROW = 6
 
 
+def system_webhook_body(token: str) -> dict[str, Any]:
+    """The webhook call Orthanc's plugin makes for `GET /system` with `token`."""
+    return {
+        "method": "get",
+        "level": "system",
+        "uri": "/system",
+        "token-key": "token",
+        "token-value": token,
+    }
+
+
 def revoke_and_wait(
     store: RevocationStore, policy_url: str, token: str, claims: dict[str, Any], *, once: bool
 ) -> None:
@@ -27,13 +38,7 @@ def revoke_and_wait(
         assert store.redeem_once(claims["jti"], claims["exp"])
     else:
         store.revoke(claims["jti"], claims["exp"])
-    body = {
-        "method": "get",
-        "level": "system",
-        "uri": "/system",
-        "token-key": "token",
-        "token-value": token,
-    }
+    body = system_webhook_body(token)
 
     def denied() -> bool:
         return not any(
