@@ -28,6 +28,8 @@ CONNECTIONS = (1, 8, 32, 64)
 E2E_CONNECTIONS = 16
 COLD_USERS = 8
 COLD_TOKENS = 16_000  # > 2 x the policy's 4,096-entry LRU per worker; a cycle lasts > 2 s
+# cold: a new token each request; warm: one token, one URI; viewer: one token, a new URI.
+DECISION_STATES = ("cold", "warm", "viewer")
 SERVICES = ("policy", "token", "login")
 COMPONENTS = ("nginx", "orthanc", "redis", *SERVICES)
 
@@ -61,6 +63,15 @@ class Results:
     processes: list[tuple[str, int, float, float]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def viewer_paths(study_uid: str, count: int = COLD_TOKENS) -> list[str]:
+    """`count` different WADO-RS frame URIs of one study, as a viewer scrolling through it asks."""
+    return [
+        f"/zhiva/pacs/studies/{study_uid}/series/{study_uid}.{n // 400}"
+        f"/instances/{study_uid}.{n // 400}.{n % 400}/frames/1"
+        for n in range(count)
+    ]
 
 
 def say(message: str) -> None:
@@ -188,20 +199,26 @@ class Bench:
         tokens_file = self.root / "tokens.txt"
         tokens = [self.token(self.viewers[i % COLD_USERS]) for i in range(COLD_TOKENS)]
         tokens_file.write_text("\n".join(tokens) + "\n")
+        # A viewer opening studies: one token, and every request names an image the
+        # caches have not seen (as many URIs as cold tokens, so a cycle outlasts a grant).
+        paths_file = self.root / "paths.txt"
+        paths_file.write_text("".join(f"{path}\n" for path in viewer_paths(self.study.uid)))
         path = f"/pacs/studies/{self.study.uid}/metadata"
         policy = f"http://127.0.0.1:{self.stack.settings.policy_service_port}"
         check = f"https://localhost:{self.nginx.check_port}"
         policy_pid = self.pids()["policy"]  # its CPU time is read around each run
-        for state in ("cold", "warm"):
-            env = (
-                {"BENCH_TOKENS": str(tokens_file)}
-                if state == "cold"
-                else {"BENCH_TOKEN": self.viewer_token}
-            )
+        for state in DECISION_STATES:
+            env = {
+                "cold": {"BENCH_TOKENS": str(tokens_file)},
+                "warm": {"BENCH_TOKEN": self.viewer_token},
+                "viewer": {"BENCH_TOKEN": self.viewer_token, "BENCH_PATHS": str(paths_file)},
+            }[state]
             for target, url, script, env_path in (
                 ("webhook", policy, "webhook.lua", path),
                 ("nginx check", check, "get.lua", "/zhiva" + path),
             ):
+                if state == "viewer" and target == "webhook":
+                    continue  # the webhook has no URI cache: its warm rows say it all
                 for connections in CONNECTIONS:
                     series = results.decisions.setdefault((target, state, connections), Series())
                     for run in range(knobs.runs):

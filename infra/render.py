@@ -18,6 +18,12 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from services.policy_service.handoff import decided_value
+from services.policy_service.permissions import (
+    SHARED_READ_CLASS,
+    SHARED_READ_METHODS,
+    SHARED_READ_PATH,
+)
+from services.policy_service.routes import PACS_PREFIX
 from services.shared.origins import origin_regex
 from services.shared.settings import DEFAULTS, PROJECT_DIR, Settings, load_settings
 
@@ -200,6 +206,11 @@ def render_native(settings: Settings) -> Layout:
         # nginx tells Orthanc's plugin a request is decided (issue 6): a secret, so
         # nginx.conf is written 0600 below.
         "nginx_decided": decided_value(settings.secret_key),
+        # One grant cache entry for all plain reads of a token (permissions.py says why).
+        "pacs_prefix": PACS_PREFIX,
+        "shared_read_methods": "|".join(SHARED_READ_METHODS),
+        "shared_read_path": SHARED_READ_PATH,
+        "shared_read_class": SHARED_READ_CLASS,
     }
     environment = _jinja()
     for template, name, secret in (

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +24,13 @@ from werkzeug.test import Client
 
 from services.policy_service import create_app
 from services.policy_service.decision import MAX_VALIDITY_SECONDS
-from services.policy_service.permissions import Role, normalise_path, required_role
+from services.policy_service.permissions import (
+    SHARED_READ_METHODS,
+    Role,
+    is_shared_read,
+    normalise_path,
+    required_role,
+)
 from services.shared.accounts import identity, revoke_all_tokens, save_user, set_disabled
 from services.shared.db import Database
 from services.shared.revocation import MAX_LAG_SECONDS, RevocationStore, redis_client
@@ -281,6 +288,88 @@ def test_no_spelling_of_a_write_route_is_weaker(policy, route, method, path):
 )
 def test_normalise_path(raw, normal):
     assert normalise_path(raw) == normal
+
+
+# --- the shared-read class nginx keys grants on ----------------------------------------------
+
+# What a viewer asks for while it opens a study: all of it in the class.
+VIEWER_READS = [
+    "/pacs/studies",
+    "/pacs/studies/1.2.840.113619.2.55/series",
+    "/pacs/studies/1.2.3/series/4.5/instances/6.7/frames/1",
+    "/pacs/studies/1.2.3/series/4.5/instances/6.7/rendered",
+    "/pacs/studies/1.2.3/metadata",
+    "/dicom-web/studies/1.2.3/series/4.5/metadata",
+    f"/instances/{STUDY}/file",
+    f"/studies/{STUDY}/archive",
+    f"/series/{STUDY}/instances/",
+    "/patients",
+]
+# Near misses: each must keep its own cache key (its URI), decided on its own.
+NOT_SHARED = [
+    "/",
+    "/system",
+    "/modalities",
+    "/peers/x",
+    "/app/explorer.html",
+    "/tools/find",
+    "/pacs/studies/../../modalities",
+    "/pacs/studies/./x",
+    "/pacs/studies/%2e%2e/modalities",
+    "/pacs//studies",
+    "/pacs/studies//",
+    "/Pacs/studies",
+    "/pacs/studies/A",
+    "/instances/x/execute-script",
+    "/instances/execute-script/x",
+    "/pacs/studies\\x",
+    "/pacs/studies/x;y",
+    "/pacs/studies/x?token=y",
+    "/pacs" + "/a" * 12,
+    "/pacs/" + "a" * 129,
+]
+
+
+@pytest.mark.parametrize("method", SHARED_READ_METHODS)
+@pytest.mark.parametrize("path", VIEWER_READS)
+def test_a_viewers_reads_share_one_grant(method, path):
+    assert is_shared_read(method, path)
+    assert required_role(method, path) is Role.VIEWER
+
+
+@pytest.mark.parametrize("path", NOT_SHARED)
+def test_near_misses_are_not_in_the_shared_read_class(path):
+    assert not is_shared_read("GET", path)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "get", "OPTIONS"])
+@pytest.mark.parametrize("path", VIEWER_READS[:3])
+def test_only_get_and_head_share_a_grant(method, path):
+    assert not is_shared_read(method, path)
+
+
+def test_every_path_in_the_shared_read_class_needs_exactly_a_viewer():
+    """The class nginx reuses one grant for: random paths built from the pieces that matter.
+
+    A path in the class that needed more than VIEWER would let a viewer's cached grant
+    open it; one that needed less (static files) would cost a decision, not safety.
+    """
+    rng = random.Random(6)
+    pieces = [
+        "pacs", "dicom-web", "studies", "series", "instances", "patients", "modalities",
+        "peers", "tools", "app", "execute-script", "execute-scripts", "frames", "1.2.3",
+        ".", "..", "...", ".x", "x.", "", "%2e", "%2f", "A", "a-b_c", "explorer.js", "plugins",
+        "system", "0",
+    ]  # fmt: skip
+    shared = 0
+    for _ in range(20_000):
+        segments = rng.choices(pieces, k=rng.randint(0, 14))
+        path = "/" + "/".join(segments) + rng.choice(["", "/"])
+        for method in SHARED_READ_METHODS:
+            if is_shared_read(method, path):
+                shared += 1
+                assert required_role(method, path) is Role.VIEWER, path
+    assert shared > 1000  # the check above ran on many members, not on none
 
 
 # --- token states ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ another token, method, path or origin, nor a deny.
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,84 @@ def test_nginx_cached_grant_serves_no_other_origin_method_or_token(stack, users)
     # A deny is not cached: the same request, refused twice, never turns into a grant.
     for _ in range(2):
         assert _pacs(stack, "DELETE", "/studies/0", {"token": viewer}).status_code == 403
+
+
+def _decisions_about(stack, jti: str) -> int:
+    """How many times the policy service judged the token with this jti (its audit lines)."""
+    audit = stack.layout.log_dir / "audit.log"
+    return sum(1 for line in audit.read_text().splitlines() if f'"jti":"{jti}"' in line)
+
+
+def _within_one_grant(attempt) -> None:  # type: ignore[no-untyped-def]
+    """Run `attempt` until one run took less than a second: nginx's grant lasts 1-2 s."""
+    for _ in range(5):
+        started = time.monotonic()
+        outcome = attempt()
+        if time.monotonic() - started < 0.9:
+            assert outcome
+            return
+    pytest.fail("no attempt fitted in one grant's validity (machine too slow?)")
+
+
+# Spellings the policy does not count as plain reads (tests/test_policy_decision.py has
+# more, without a server): through the real nginx, none may reuse a plain read's grant.
+NGINX_NEAR_MISSES = [
+    "/modalities",
+    "/system",
+    "/Pacs/studies",
+    "/pacs/studies/ABC",
+    "/pacs//studies",
+    "/pacs/studies/%2e%2e/x",
+    "/pacs/studies/x;y",
+    "/instances/x/execute-script",
+    "/pacs" + "/a" * 12,
+    "/pacs/" + "a" * 129,
+]
+
+
+@pytest.mark.stack
+@pytest.mark.e2e
+def test_one_grant_serves_a_viewers_plain_reads(stack, users):
+    """A viewer opening a study costs one decision per grant, not one per image."""
+    codec, made = users
+    viewer, claims = codec.issue(TokenKind.ACCESS, made["viewer"])
+    headers = {"token": viewer}
+    reads = [
+        "/pacs/studies/1.2.3/series",
+        "/pacs/studies/1.2.3/series/4.5/instances/6.7/frames/1",
+        "/instances/0b1d-2c/file",
+        "/studies/0b1d-2c/archive",
+    ]
+
+    def attempt() -> bool:
+        before = _decisions_about(stack, claims["jti"])
+        assert _pacs(stack, "GET", "/pacs/studies", headers).status_code == 200
+        # Orthanc answers 404 for these made-up ids: what matters is that nginx let them by.
+        statuses = [_pacs(stack, "GET", path, headers).status_code for path in reads]
+        assert all(status not in (401, 403) for status in statuses), statuses
+        return _decisions_about(stack, claims["jti"]) - before <= 1
+
+    _within_one_grant(attempt)
+
+
+@pytest.mark.stack
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/pacs/studies")] + [("GET", path) for path in NGINX_NEAR_MISSES]
+)
+def test_a_plain_read_grant_serves_no_other_request(stack, users, method, path):
+    """nginx's copy of the class (a PCRE) never takes in more than the policy's (Python re)."""
+    codec, made = users
+    viewer, claims = codec.issue(TokenKind.ACCESS, made["viewer"])
+    headers = {"token": viewer}
+
+    def attempt() -> bool:
+        assert _pacs(stack, "GET", "/pacs/studies", headers).status_code == 200
+        before = _decisions_about(stack, claims["jti"])
+        _pacs(stack, method, path, headers)
+        return _decisions_about(stack, claims["jti"]) == before + 1
+
+    _within_one_grant(attempt)
+    # And what the policy refuses stays refused, right after the viewer's reads were granted.
+    assert _pacs(stack, "GET", "/modalities", headers).status_code == 403
+    assert _pacs(stack, "POST", "/pacs/studies", headers, data=b"x").status_code == 403

@@ -2,6 +2,7 @@
 -- Settings come from the environment (wrk passes no arguments to Lua here):
 --   BENCH_TOKENS   file, one token per line (each request takes the next one: cold caches)
 --   BENCH_TOKEN    one token for every request (warm caches)
+--   BENCH_PATHS    file, one path per line (get.lua: each request takes the next one)
 --   BENCH_METHOD, BENCH_PATH, BENCH_HEADER (name of the token header, default "token")
 local threads = {}
 local counter = 0
@@ -12,17 +13,21 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
-function load_tokens()
-   local file = os.getenv("BENCH_TOKENS")
+-- The non-empty lines of `file`, or { single } when no file is given.
+function load_lines(file, single)
    local list = {}
    if file and file ~= "" then
       for line in io.lines(file) do
          if #line > 0 then list[#list + 1] = line end
       end
    else
-      list[1] = os.getenv("BENCH_TOKEN") or ""
+      list[1] = single or ""
    end
    return list
+end
+
+function load_tokens()
+   return load_lines(os.getenv("BENCH_TOKENS"), os.getenv("BENCH_TOKEN"))
 end
 
 function done(summary, latency, requests)

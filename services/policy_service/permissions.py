@@ -61,6 +61,28 @@ ADMIN_READ_ROOTS = frozenset({"modalities", "peers"})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 
+# Plain reads, recognisable from the raw path alone: a resource level or DICOMweb root,
+# then up to 11 segments of lower-case letters, digits, `.`, `_` and `-` (no `.` or `..`
+# segment, no `%`, no `//`, nothing that spells execute-script). Every such path has one
+# reading and needs exactly VIEWER for GET and HEAD (tests/test_permissions.py checks the
+# pattern against required_role), so for those methods one grant of a token holds for all
+# of them: nginx keys its grant cache on this class instead of the URI (SHARED_READ_CLASS,
+# infra/templates/nginx.conf.j2). A viewer opening a study asks for hundreds of different
+# URIs; with this, the policy service decides about its token once per grant's validity.
+# Only constructs that Python's re and nginx's PCRE read alike: nginx uses this text.
+SHARED_READ_PATH = (
+    r"/(?!.*execute-script)(?:patients|studies|series|instances|pacs|dicom-web)"
+    r"(?:/(?!\.\.?(?:/|$))[a-z0-9._-]{1,128}){0,11}/?"
+)
+SHARED_READ_METHODS = ("GET", "HEAD")
+SHARED_READ_CLASS = "shared-read"
+_SHARED_READ = re.compile(SHARED_READ_PATH)
+
+
+def is_shared_read(method: str, raw_path: str) -> bool:
+    """Whether nginx may reuse a grant of this token for `method raw_path` (path, no query)."""
+    return method in SHARED_READ_METHODS and _SHARED_READ.fullmatch(raw_path) is not None
+
 
 class PathRefused(ValueError):
     """The path cannot be read one way only (bad encoding, climbs above the root)."""
