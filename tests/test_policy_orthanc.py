@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -524,3 +526,58 @@ def test_served_authorize_sees_one_value_per_header(pacs):
         assert twice.getresponse().status == 403
     finally:
         twice.close()
+
+
+def _segments_received(sock: socket.socket) -> int:
+    """TCP segments this client has received on the connection (Linux's tcpi_segs_in)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, 140)[0]
+
+
+def test_served_answer_is_one_tcp_segment(pacs):
+    """Status line, headers and body leave in one write (asgi.py's CoalescingProtocol).
+
+    Calibrated on the connection itself: an empty 204 from /authorize is one write
+    whatever the server does, so a webhook answer with a body must cost as many
+    segments as that (uvicorn alone sends its head and body apart: one more each).
+    Each request goes out in one `sendall`, so the server has nothing to acknowledge
+    on its own between them.
+    """
+    token = pacs.token("viewer")
+    body = json.dumps(system_webhook_body(token)).encode()
+    webhook = (
+        f"POST /webhook HTTP/1.1\r\nHost: policy\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    authorize = (
+        "GET /authorize HTTP/1.1\r\nHost: policy\r\nX-Original-Method: GET\r\n"
+        f"X-Original-URI: /zhiva/system\r\ntoken: {token}\r\n\r\n"
+    ).encode()
+    rounds = 40
+
+    def segments_per_answer(sock: socket.socket, request: bytes) -> float:
+        before = _segments_received(sock)
+        for _ in range(rounds):
+            sock.sendall(request)
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            answer.read()
+            assert answer.status in (200, 204)
+        return (_segments_received(sock) - before) / rounds
+
+    port = int(pacs.policy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        segments_per_answer(sock, authorize)  # past the connection's first ACKs
+        empty = segments_per_answer(sock, authorize)
+        with_body = segments_per_answer(sock, webhook)
+    assert with_body <= empty + 0.25, (with_body, empty)
+
+
+def test_served_answer_before_connection_close_arrives_whole(pacs):
+    """A response written just before the server closes (Connection: close) is not lost."""
+    body = json.dumps(system_webhook_body(pacs.token("viewer")))
+    for _ in range(20):
+        answer = requests.post(
+            f"{pacs.policy.url}/webhook", data=body, headers={"Connection": "close"}, timeout=10
+        )
+        assert answer.json() == {"granted": True, "validity": 2, "role": "viewer"}

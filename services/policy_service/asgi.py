@@ -21,12 +21,14 @@ per user and worker at most every USER_CACHE_SECONDS) and the audit line's
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from .routes import MAX_BODY, MAX_DRAINED_BODY, WSGIApp
@@ -37,17 +39,71 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class _CoalescedWrites:
+    """A connection's transport whose writes wait for the end of the loop's turn, then go as one.
+
+    uvicorn writes a response's status line and headers with one `write` and its
+    body with another, and uvloop sends each at once: two system calls and two
+    TCP segments per decision, which py-spy put at a fifth of a policy worker's
+    CPU (issue 6, docs/BENCHMARKS.md), besides what the peer (nginx, Orthanc's
+    plugin) pays to read two segments. Here the writes of one turn are joined
+    and sent together when the response is complete (`CoalescingProtocol`) or,
+    for anything else, when the loop gets to the scheduled flush.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending = []
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()  # a response written just before `Connection: close` still goes out
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, each response sent with one system call (above)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
+
+
 class PolicyWorker(UvicornWorker):
     """infra/gunicorn.conf.py's worker class for the policy service."""
 
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - uvicorn_worker's own interface
         # Named, not "auto": a missing C extension fails the start instead of slowing it.
         "loop": "uvloop",
-        "http": "httptools",
+        "http": CoalescingProtocol,
         "lifespan": "on",
         # Decisions are logged in audit.log; an access line each would double the logging.
         "access_log": False,
         "server_header": False,
+        # No X-Forwarded-For rewriting of the client address by a middleware on every
+        # request: the endpoints read nginx's X-Real-IP (or the webhook body's `ip`).
+        "proxy_headers": False,
         # How often uvicorn calls callback_notify (below): the heartbeat gunicorn's master
         # watches, and here also the check that the master is still there.
         "timeout_notify": 1,

@@ -18,6 +18,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import RSAKey
+from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
 from .origins import parse_origin
@@ -106,6 +107,27 @@ class TokenCodec:
         self.issuer = issuer
         self.lifetimes = lifetimes
         self.kid = public_key.thumbprint()
+        # Both registries are built once: building them per call was a third of what
+        # verifying a token cost besides the RSA operation (issue 6, docs/BENCHMARKS.md).
+        self._signatures = JWSRegistry(algorithms=[ALGORITHM])
+        self._claims: dict[tuple[TokenKind, ...], JWTClaimsRegistry] = {}
+
+    def _claims_registry(self, kinds: tuple[TokenKind, ...]) -> JWTClaimsRegistry:
+        """The claim checks for tokens of `kinds`; `now` is read at each validation."""
+        registry = self._claims.get(kinds)
+        if registry is None:
+            registry = JWTClaimsRegistry(
+                now=_now,
+                leeway=LEEWAY_SECONDS,
+                iss={"essential": True, "value": self.issuer},
+                exp={"essential": True},
+                iat={"essential": True},
+                jti={"essential": True},
+                username={"essential": True},
+                kind={"essential": True, "values": [k.value for k in kinds]},
+            )
+            self._claims[kinds] = registry  # a race builds an equal one twice: harmless
+        return registry
 
     @classmethod
     def from_settings(cls, settings: Any, *, can_sign: bool) -> TokenCodec:
@@ -160,7 +182,6 @@ class TokenCodec:
         kinds: TokenKind | tuple[TokenKind, ...],
         *,
         origin: str | None = None,
-        now: int | None = None,
     ) -> dict[str, Any]:
         """The claims of a valid token of one of `kinds`, or a TokenError.
 
@@ -172,7 +193,7 @@ class TokenCodec:
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             raise TokenInvalid("malformed token")
         try:
-            decoded = jwt.decode(token, self.public_key, algorithms=[ALGORITHM])
+            decoded = jwt.decode(token, self.public_key, registry=self._signatures)
         except JoseError as error:
             raise TokenInvalid(f"signature or format: {error.error}") from None
         except (ValueError, TypeError, json.JSONDecodeError):
@@ -181,17 +202,7 @@ class TokenCodec:
         if set(header) - _ALLOWED_HEADER or header.get("kid") != self.kid:
             raise TokenInvalid("unexpected header")
 
-        wanted = (kinds,) if isinstance(kinds, TokenKind) else kinds
-        registry = JWTClaimsRegistry(
-            now=int(time.time()) if now is None else now,
-            leeway=LEEWAY_SECONDS,
-            iss={"essential": True, "value": self.issuer},
-            exp={"essential": True},
-            iat={"essential": True},
-            jti={"essential": True},
-            username={"essential": True},
-            kind={"essential": True, "values": [k.value for k in wanted]},
-        )
+        registry = self._claims_registry((kinds,) if isinstance(kinds, TokenKind) else kinds)
         claims = decoded.claims
         try:
             registry.validate(claims)
@@ -218,6 +229,10 @@ class TokenCodec:
     def jwks(self) -> dict[str, Any]:
         public = self.public_key.as_dict(private=False)
         return {"keys": [{**public, "kid": self.kid, "use": "sig", "alg": ALGORITHM}]}
+
+
+def _now() -> int:
+    return int(time.time())
 
 
 def identity_of(claims: dict[str, Any]) -> Identity:
