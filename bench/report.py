@@ -71,7 +71,8 @@ def measured(results: Results) -> str:
         f"(warm), and every request names a frame URI not asked before ({COLD_TOKENS_TEXT_URIS}), "
         "as a viewer scrolling through studies does. *Policy CPU*: user + "
         "system time of the policy service's processes (gunicorn master and workers) over the "
-        "run, per request; it does not depend on what else the machine runs as the rates do."
+        "run, per request; it moves less than the rates with what else the machine runs, "
+        "but it moves too (docs/BENCHMARKS.md, below the figures)."
     )
     w("")
     w(

@@ -44,11 +44,13 @@ class _CoalescedWrites:
 
     uvicorn writes a response's status line and headers with one `write` and its
     body with another, and uvloop sends each at once: two system calls and two
-    TCP segments per decision, which py-spy put at a fifth of a policy worker's
-    CPU (issue 6, docs/BENCHMARKS.md), besides what the peer (nginx, Orthanc's
-    plugin) pays to read two segments. Here the writes of one turn are joined
-    and sent together when the response is complete (`CoalescingProtocol`) or,
-    for anything else, when the loop gets to the scheduled flush.
+    TCP segments per webhook answer, 19 % of a policy worker's py-spy samples
+    (11 % for the one write left; issue 6, docs/BENCHMARKS.md), besides what the
+    peer (nginx, Orthanc's plugin) pays to read two segments. Here the writes of
+    one turn are joined and sent together when the response is complete
+    (`CoalescingProtocol`) or, for anything else, when the loop gets to the
+    scheduled flush. What is pending when the connection is already going
+    (the peer left) is dropped, as the transport would drop it.
     """
 
     __slots__ = ("_loop", "_pending", "_transport")
@@ -69,7 +71,8 @@ class _CoalescedWrites:
         if self._pending:
             data = b"".join(self._pending)
             self._pending = []
-            self._transport.write(data)
+            if not self._transport.is_closing():
+                self._transport.write(data)
 
     def close(self) -> None:
         self.flush()  # a response written just before `Connection: close` still goes out

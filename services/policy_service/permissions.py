@@ -64,7 +64,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 # Plain reads, recognisable from the raw path alone: a resource level or DICOMweb root,
 # then up to 11 segments of lower-case letters, digits, `.`, `_` and `-` (no `.` or `..`
 # segment, no `%`, no `//`, nothing that spells execute-script). Every such path has one
-# reading and needs exactly VIEWER for GET and HEAD (tests/test_permissions.py checks the
+# reading and needs exactly VIEWER for GET and HEAD (tests/test_policy_decision.py checks the
 # pattern against required_role), so for those methods one grant of a token holds for all
 # of them: nginx keys its grant cache on this class instead of the URI (SHARED_READ_CLASS,
 # infra/templates/nginx.conf.j2). A viewer opening a study asks for hundreds of different
