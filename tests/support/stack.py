@@ -20,7 +20,7 @@ import redis
 import requests
 
 from infra.containers import container_id, find_engine
-from infra.render import Layout
+from infra.render import CONTAINER_STATE_DIR, Layout
 from services.shared.accounts import save_user
 from services.shared.db import Database
 from services.shared.models import User
@@ -159,6 +159,10 @@ class Stack:
             timeout=120,
         )
 
+    def audit_log(self) -> str:
+        """The policy service's audit trail (one JSON line per decision it made)."""
+        return (self.layout.log_dir / "audit.log").read_text()
+
     def redis(self) -> redis.Redis:
         client = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         self._clients.append(client)
@@ -279,6 +283,10 @@ class ContainerStack(Stack):
 
     def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         raise self._inside("supervisord")
+
+    def audit_log(self) -> str:
+        path = CONTAINER_STATE_DIR / "logs" / "audit.log"
+        return self.engine("exec", self.container("policy"), "cat", str(path)).stdout
 
     def redis(self) -> redis.Redis:
         raise self._inside("Redis")
