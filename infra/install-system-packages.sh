@@ -17,6 +17,7 @@ declare -A why=(
   [chromium]="headless browser for the end-to-end browser tests"
   [wrk]="load generator for the benchmarks"
   [valgrind]="counts instructions for the benchmarks (python -m bench.instructions)"
+  [strace]="counts Orthanc's system calls per request in a test"
   [podman]="container engine that boots docker-compose.yml (no daemon needed)"
   [runc]="the container runtime Podman is set to use (crun fails on some hosts' cgroups)"
   [catatonit]="the init process of containers started with init: true"
@@ -37,6 +38,7 @@ declare -A provides=(
   [chromium]=/usr/bin/chromium
   [wrk]=/usr/bin/wrk
   [valgrind]=/usr/bin/valgrind
+  [strace]=/usr/bin/strace
   [podman]=/usr/bin/podman
   [runc]=/usr/sbin/runc
   [catatonit]=/usr/bin/catatonit
@@ -48,7 +50,7 @@ declare -A provides=(
 case "${1:-}" in
   "") wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make) ;;
   --test) wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make
-                  chromium wrk valgrind) ;;
+                  chromium wrk valgrind strace) ;;
   --containers) wanted=(podman runc catatonit netavark aardvark-dns iptables debootstrap) ;;
   *) echo "usage: $0 [--test|--containers]" >&2; exit 2 ;;
 esac

@@ -9,8 +9,10 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -581,3 +583,59 @@ def test_served_answer_before_connection_close_arrives_whole(pacs):
             f"{pacs.policy.url}/webhook", data=body, headers={"Connection": "close"}, timeout=10
         )
         assert answer.json() == {"granted": True, "validity": 2, "role": "viewer"}
+
+
+def _syscalls_during(pid: int, names: str, work: Any) -> dict[str, int]:
+    """Calls of `names` by every thread of `pid` while `work()` runs (strace -c, attached)."""
+    with subprocess.Popen(
+        ["strace", "-f", "-c", "-e", f"trace={names}", "-p", str(pid)],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as tracer:
+        assert tracer.stderr is not None
+        # strace says "Process N attached" once it is in; only then does the count start.
+        assert "attached" in tracer.stderr.readline()
+        time.sleep(0.5)  # the other threads are attached after the first one
+        work()
+        tracer.send_signal(signal.SIGINT)
+        summary = tracer.stderr.read()
+    counts = {}
+    for line in summary.splitlines():
+        fields = line.split()
+        if fields and fields[-1] in names.split(",") and fields[-2].isdigit():
+            counts[fields[-1]] = int(fields[-2])
+    return counts
+
+
+def test_filter_costs_no_memory_mapping_per_request(pacs):
+    """Each Orthanc HTTP thread keeps its Python thread state (plugin.py's ThreadStates).
+
+    Without it, orthanc-python builds a thread state for every filter call and frees it
+    after: one mmap and one munmap per request, which halved Orthanc's throughput from
+    two connections up (docs/BENCHMARKS.md). Four keep-alive clients, so that several
+    Orthanc threads serve; the first round gives each thread its state, the measured
+    rounds must then map nothing new.
+    """
+    token = pacs.token("viewer")
+    rounds = 100
+
+    def load() -> None:
+        def client() -> None:
+            with requests.Session() as session:
+                for _ in range(rounds):
+                    answer = session.get(
+                        f"{pacs.orthanc.url}/system", headers={"token": token}, timeout=10
+                    )
+                    assert answer.status_code == 200
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    load()
+    counts = _syscalls_during(pacs.orthanc.process.pid, "mmap,munmap", load)
+    requests_made = 4 * rounds
+    assert counts.get("munmap", 0) < requests_made / 20, (counts, requests_made)
+    assert counts.get("mmap", 0) < requests_made / 20, (counts, requests_made)

@@ -29,6 +29,13 @@ Two caches, both bounded by `validity` and the token's `exp`: answers by
 then the token's next requests are judged here with the service's own table
 (one webhook call per token every few seconds, not one per new URI). A
 request the cached role does not allow still goes to the webhook.
+
+Each Orthanc HTTP thread keeps its Python thread state between requests
+(`ThreadStates`): orthanc-python enters Python with PyGILState_Ensure and
+leaves with PyGILState_Release, which would create and destroy a thread state
+on every request, an mmap and a munmap each, in a process of some 60 threads.
+That alone halved what Orthanc serves from two connections up (issue 6,
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -266,15 +273,48 @@ def resource_of(settings: Settings, uri: str, get: dict) -> dict:
     return {"level": "system"}
 
 
+class ThreadStates:
+    """Keeps the calling thread's Python thread state alive after orthanc-python's callback.
+
+    orthanc-python calls PyGILState_Ensure before a filter and PyGILState_Release after
+    it; on a thread Python did not start, the release deletes the thread state the
+    ensure created, so the next request builds a new one (its frame stack is an mmap,
+    freed with a munmap). One more PyGILState_Ensure per thread, never released, keeps
+    the count above zero: the thread state lives as long as the Orthanc thread. Orthanc's
+    HTTP threads live as long as its HTTP server, so this holds HttpThreadsCount thread
+    states of a few KB each. If ctypes cannot reach the C API, requests are judged all
+    the same, only slower.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()  # lives in the thread state: set once it is kept
+        try:
+            import ctypes  # here: a Python without _ctypes still runs the filter
+
+            self._ensure = ctypes.pythonapi.PyGILState_Ensure
+            self._ensure.restype = ctypes.c_int
+            self._ensure.argtypes = []
+        except (ImportError, AttributeError, OSError) as error:
+            _log(f"Python's C API not reachable ({error!r}): a thread state per request")
+            self._ensure = None
+
+    def keep(self) -> None:
+        if self._ensure is not None and not getattr(self._local, "kept", False):
+            self._ensure()  # holds the GIL already: only counts one more user of this state
+            self._local.kept = True
+
+
 class Authorizer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.webhook = Webhook(settings)
         self.cache = Cache(settings.cache_entries)
         self.roles = Cache(settings.cache_entries)
+        self.thread_states = ThreadStates()
 
     def __call__(self, uri: str, **request) -> bool:
         try:
+            self.thread_states.keep()
             return self.check(uri, request)
         except Exception as error:  # noqa: BLE001 - fail closed; Orthanc answers 403
             _log(f"filter error ({error.__class__.__name__}): denying")
