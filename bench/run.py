@@ -177,15 +177,21 @@ class Bench:
         headers = {"token": self.viewer_token}
         check = f"https://localhost:{self.nginx.check_port}"
         noauth = f"https://localhost:{self.nginx.noauth_port}"
+        decided = {HANDOFF_HEADER: decided_value(self.stack.settings.secret_key)}
         for name, path in self.paths().items():
-            for url, extra in (
-                (base + "/zhiva" + path, headers),
-                (noauth + "/zhiva" + path, {}),
-                (self.bare.url + path, {}),
+            for session, url, extra in (
+                (self.http, base + "/zhiva" + path, headers),
+                (self.http, noauth + "/zhiva" + path, {}),
+                (self.direct, self.stack.orthanc_url + path, decided),
+                (self.direct, self.bare.url + path, {}),
             ):
-                response = self.http.get(url, headers=extra, timeout=60)
+                response = session.get(url, headers=extra, timeout=60)
                 if response.status_code != 200:
                     raise RuntimeError(f"{name}: {url} answered {response.status_code}")
+            # Without nginx's header the stack's Orthanc asks for a token, as it must.
+            response = self.direct.get(self.stack.orthanc_url + path, timeout=60)
+            if response.status_code != 403:
+                raise RuntimeError(f"{name}: the stack's Orthanc answered {response.status_code}")
         assert self.http.get(check + "/zhiva/system", headers=headers).status_code == 200
         assert self.http.get(check + "/zhiva/system").status_code == 401
         # The baseline nginx really has no authorization, the stack's really has.
@@ -253,21 +259,28 @@ class Bench:
 
     def end_to_end(self, during_load: Any = None) -> None:
         knobs, results = self.knobs, self.results
+        token = {"BENCH_HEADER": "token"}
+        # What the Python plugin costs by itself: the stack's Orthanc with nginx's header.
+        decided = {
+            "BENCH_HEADER": HANDOFF_HEADER,
+            "BENCH_TOKEN": decided_value(self.stack.settings.secret_key),
+        }
         targets = (
-            ("stack", self.stack.base_url, "/zhiva", self.viewer_token),
+            ("stack", self.stack.base_url, "/zhiva", {**token, "BENCH_TOKEN": self.viewer_token}),
             (
                 "nginx, no authorization",
                 f"https://localhost:{self.nginx.noauth_port}",
                 "/zhiva",
-                "",
+                {**token, "BENCH_TOKEN": ""},
             ),
-            ("Orthanc directly", self.bare.url, "", ""),
+            ("stack's Orthanc directly", self.stack.orthanc_url, "", decided),
+            ("Orthanc directly", self.bare.url, "", {**token, "BENCH_TOKEN": ""}),
         )
         # Runs interleaved (stack, baseline, direct, stack, ...): a machine whose load drifts
         # (others' test suites) then weighs on every column alike.
         for name, path in self.paths().items():
             for run in range(knobs.runs):
-                for target, base, prefix, token in targets:
+                for target, base, prefix, header in targets:
                     series = results.e2e.setdefault((name, target), Series())
                     sampler = None
                     if during_load is not None and target == "stack" and run == 0:
@@ -279,7 +292,7 @@ class Bench:
                             "get.lua",
                             connections=E2E_CONNECTIONS,
                             seconds=knobs.seconds,
-                            env={"BENCH_TOKEN": token, "BENCH_PATH": prefix + path},
+                            env={**header, "BENCH_PATH": prefix + path},
                         )
                     )
                     if sampler is not None:
@@ -468,10 +481,24 @@ class Bench:
             self.end_to_end(self.during_load)
             self.uploads()
             self.token_work()
+        except Exception:
+            self.say_logs()  # the stack's files go with the temporary directory
+            raise
         finally:
             results.load_after = loadavg()
             self.stop()
         return results
+
+    def say_logs(self, lines: int = 20) -> None:
+        """The ends of the logs that explain a failed request: nginx's errors, Orthanc,
+        supervisord (a restarted process)."""
+        for name in ("nginx-error.log", "orthanc.log", "supervisord.log"):
+            path = self.stack.layout.log_dir / name
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as error:
+                tail = [f"({error.strerror})"]
+            say(f"last lines of {path}:\n" + "\n".join(tail))
 
 
 def _run_mb(mb_s: float):  # type: ignore[no-untyped-def]
