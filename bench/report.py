@@ -186,8 +186,8 @@ def measured(results: Results) -> str:
         "Each component with its children (gunicorn master + workers, nginx master + workers), "
         "from `/proc/PID/smaps_rollup`. PSS shares each shared page among the processes mapping "
         "it, so PSS adds up; RSS counts shared pages once per process. *Under load*: the largest "
-        "sample taken in the middle of the decision runs at 32 connections and the end-to-end "
-        "runs."
+        "sample taken in the middle of an extra run (not counted in the rates) before the "
+        "decision runs at 32 connections and before each endpoint's end-to-end runs."
     )
     w("")
     w("| component | idle RSS MB | idle PSS MB | under load RSS MB | under load PSS MB |")

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from bench.environment import BareOrthanc, BenchNginx
-from bench.loads import Series, cpu_seconds, memory_by_process, memory_of, timed, upload, wrk
+from bench.loads import Run, Series, cpu_seconds, memory_by_process, memory_of, timed, upload, wrk
 from bench.study import Study, make_study, with_new_uids
 from services.policy_service.handoff import HEADER as HANDOFF_HEADER
 from services.policy_service.handoff import decided_value
@@ -87,6 +87,7 @@ class Bench:
         self.root = root
         self.knobs = knobs
         self.results = Results(knobs)
+        self.load_pids: dict[str, int] = {}  # read once before the load (during_load: why)
         self.stack = Stack.prepare(root / "stack", ADMIN_PASSWORD, root / "output")
         self.bare: BareOrthanc | None = None
         self.nginx: BenchNginx | None = None
@@ -212,7 +213,7 @@ class Bench:
         path = f"/pacs/studies/{self.study.uid}/metadata"
         policy = f"http://127.0.0.1:{self.stack.settings.policy_service_port}"
         check = f"https://localhost:{self.nginx.check_port}"
-        policy_pid = self.pids()["policy"]  # its CPU time is read around each run
+        policy_pid = self.load_pids["policy"]  # its CPU time is read around each run
         for state in DECISION_STATES:
             env = {
                 "cold": {"BENCH_TOKENS": str(tokens_file)},
@@ -225,78 +226,79 @@ class Bench:
             ):
                 if state == "viewer" and target == "webhook":
                     continue  # the webhook has no URI cache: its warm rows say it all
+                wrk_env = {**env, "BENCH_PATH": env_path, "BENCH_STUDY_UID": self.study.uid}
                 for connections in CONNECTIONS:
                     series = results.decisions.setdefault((target, state, connections), Series())
-                    for run in range(knobs.runs):
-                        sampler = None
-                        if connections == 32 and run == 0:
-                            sampler = threading.Timer(knobs.seconds / 2, self.during_load, ("",))
-                            sampler.start()
+                    if connections == 32:
+                        # Memory under load, in a run that is not counted (end_to_end: why).
+                        sampler = threading.Timer(knobs.seconds / 2, self.during_load, ("",))
+                        sampler.start()
+                        self.decision_run(url, script, connections, wrk_env)
+                        sampler.join()
+                    for _ in range(knobs.runs):
                         cpu_before = cpu_seconds(policy_pid)
-                        run_ = wrk(
-                            url,
-                            script,
-                            connections=connections,
-                            seconds=knobs.seconds,
-                            env={
-                                **env,
-                                "BENCH_PATH": env_path,
-                                "BENCH_STUDY_UID": self.study.uid,
-                            },
-                        )
+                        run_ = self.decision_run(url, script, connections, wrk_env)
                         cpu = cpu_seconds(policy_pid) - cpu_before
                         run_.cpu_us = cpu / max(1, run_.requests) * 1e6
                         series.runs.append(run_)
-                        if sampler is not None:
-                            sampler.join()
                     say(
                         f"decisions {target} {state} c={connections}: "
                         f"{series.median():.0f}/s p99 {series.median('p99_ms'):.1f} ms "
                         f"errors {series.errors}"
                     )
 
+    def decision_run(self, url: str, script: str, connections: int, env: dict[str, str]) -> Run:
+        return wrk(url, script, connections=connections, seconds=self.knobs.seconds, env=env)
+
     # ----------------------------------------------------------- (2) end to end
 
     def end_to_end(self, during_load: Any = None) -> None:
         knobs, results = self.knobs, self.results
-        token = {"BENCH_HEADER": "token"}
+        # What get.lua sends: BENCH_TOKEN in the header BENCH_HEADER (none when empty).
+        viewer = {"BENCH_HEADER": "token", "BENCH_TOKEN": self.viewer_token}
+        nothing = {"BENCH_HEADER": "token", "BENCH_TOKEN": ""}
         # What the Python plugin costs by itself: the stack's Orthanc with nginx's header.
         decided = {
             "BENCH_HEADER": HANDOFF_HEADER,
             "BENCH_TOKEN": decided_value(self.stack.settings.secret_key),
         }
         targets = (
-            ("stack", self.stack.base_url, "/zhiva", {**token, "BENCH_TOKEN": self.viewer_token}),
+            ("stack", self.stack.base_url, "/zhiva", viewer),
             (
                 "nginx, no authorization",
                 f"https://localhost:{self.nginx.noauth_port}",
                 "/zhiva",
-                {**token, "BENCH_TOKEN": ""},
+                nothing,
             ),
             ("stack's Orthanc directly", self.stack.orthanc_url, "", decided),
-            ("Orthanc directly", self.bare.url, "", {**token, "BENCH_TOKEN": ""}),
+            ("Orthanc directly", self.bare.url, "", nothing),
         )
+
+        def load(base: str, prefix: str, header: dict[str, str], path: str) -> Run:
+            return wrk(
+                base,
+                "get.lua",
+                connections=E2E_CONNECTIONS,
+                seconds=knobs.seconds,
+                env={**header, "BENCH_PATH": prefix + path},
+            )
+
         # Runs interleaved (stack, baseline, direct, stack, ...): a machine whose load drifts
         # (others' test suites) then weighs on every column alike.
         for name, path in self.paths().items():
-            for run in range(knobs.runs):
+            if during_load is not None:
+                # Memory under load is read in a run of the stack's that is not counted:
+                # reading /proc/PID/smaps_rollup takes CPU and each process's memory lock,
+                # which would be charged to the stack's rate alone.
+                _, base, prefix, header = targets[0]
+                sampler = threading.Timer(knobs.seconds / 2, during_load, args=(name,))
+                sampler.start()
+                load(base, prefix, header, path)
+                sampler.join()
+            for _ in range(knobs.runs):
                 for target, base, prefix, header in targets:
                     series = results.e2e.setdefault((name, target), Series())
-                    sampler = None
-                    if during_load is not None and target == "stack" and run == 0:
-                        sampler = threading.Timer(knobs.seconds / 2, during_load, args=(name,))
-                        sampler.start()
-                    series.runs.append(
-                        wrk(
-                            base,
-                            "get.lua",
-                            connections=E2E_CONNECTIONS,
-                            seconds=knobs.seconds,
-                            env={**header, "BENCH_PATH": prefix + path},
-                        )
-                    )
-                    if sampler is not None:
-                        sampler.join()
+                    series.runs.append(load(base, prefix, header, path))
             for target, *_ in targets:
                 series = results.e2e[(name, target)]
                 say(
@@ -423,8 +425,10 @@ class Bench:
                     self.results.processes.append((name, pid, rss, pss))
 
     def during_load(self, endpoint: str) -> None:
-        # Each component at its peak over the e2e runs: keep the largest sample.
-        pids = self.pids()
+        # Each component at its peak over the e2e runs: keep the largest sample. The pids
+        # are read before the load: supervisorctl is a Python program, about a second of
+        # CPU for all components, which would weigh on the run being measured.
+        pids = self.load_pids
         for name in COMPONENTS:
             if name in pids:
                 rss, pss = memory_of(pids[name])
@@ -477,6 +481,7 @@ class Bench:
             self.check_answers()
             time.sleep(3)
             self.sample_memory("idle")
+            self.load_pids = self.pids()
             self.decisions()
             self.end_to_end(self.during_load)
             self.uploads()
@@ -501,9 +506,7 @@ class Bench:
             say(f"last lines of {path}:\n" + "\n".join(tail))
 
 
-def _run_mb(mb_s: float):  # type: ignore[no-untyped-def]
-    from bench.loads import Run
-
+def _run_mb(mb_s: float) -> Run:
     return Run(rate=0.0, p50_ms=0.0, p99_ms=0.0, errors=0, requests=0, mb_per_s=mb_s)
 
 
