@@ -7,7 +7,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,8 @@ class Bench:
             self.stack.create_user("bench-admin", USER_PASSWORD, can_edit=True, is_admin=True)
         )
         self.viewer_token = self.token(self.viewers[0])
+        # What nginx sends Orthanc once it has granted a request (handoff.py).
+        self.decided = decided_value(self.stack.settings.secret_key)
         self.admin_token = self.token(self.admin)
         self.editor_token = self.token(self.editor)
 
@@ -178,7 +182,7 @@ class Bench:
         headers = {"token": self.viewer_token}
         check = f"https://localhost:{self.nginx.check_port}"
         noauth = f"https://localhost:{self.nginx.noauth_port}"
-        decided = {HANDOFF_HEADER: decided_value(self.stack.settings.secret_key)}
+        decided = {HANDOFF_HEADER: self.decided}
         for name, path in self.paths().items():
             for session, url, extra in (
                 (self.http, base + "/zhiva" + path, headers),
@@ -230,11 +234,9 @@ class Bench:
                 for connections in CONNECTIONS:
                     series = results.decisions.setdefault((target, state, connections), Series())
                     if connections == 32:
-                        # Memory under load, in a run that is not counted (end_to_end: why).
-                        sampler = threading.Timer(knobs.seconds / 2, self.during_load, ("",))
-                        sampler.start()
-                        self.decision_run(url, script, connections, wrk_env)
-                        sampler.join()
+                        self.sample_memory_during(
+                            partial(self.decision_run, url, script, connections, wrk_env)
+                        )
                     for _ in range(knobs.runs):
                         cpu_before = cpu_seconds(policy_pid)
                         run_ = self.decision_run(url, script, connections, wrk_env)
@@ -252,16 +254,13 @@ class Bench:
 
     # ----------------------------------------------------------- (2) end to end
 
-    def end_to_end(self, during_load: Any = None) -> None:
+    def end_to_end(self, sample_memory: bool = True) -> None:
         knobs, results = self.knobs, self.results
         # What get.lua sends: BENCH_TOKEN in the header BENCH_HEADER (none when empty).
         viewer = {"BENCH_HEADER": "token", "BENCH_TOKEN": self.viewer_token}
         nothing = {"BENCH_HEADER": "token", "BENCH_TOKEN": ""}
         # What the Python plugin costs by itself: the stack's Orthanc with nginx's header.
-        decided = {
-            "BENCH_HEADER": HANDOFF_HEADER,
-            "BENCH_TOKEN": decided_value(self.stack.settings.secret_key),
-        }
+        decided = {"BENCH_HEADER": HANDOFF_HEADER, "BENCH_TOKEN": self.decided}
         targets = (
             ("stack", self.stack.base_url, "/zhiva", viewer),
             (
@@ -286,15 +285,9 @@ class Bench:
         # Runs interleaved (stack, baseline, direct, stack, ...): a machine whose load drifts
         # (others' test suites) then weighs on every column alike.
         for name, path in self.paths().items():
-            if during_load is not None:
-                # Memory under load is read in a run of the stack's that is not counted:
-                # reading /proc/PID/smaps_rollup takes CPU and each process's memory lock,
-                # which would be charged to the stack's rate alone.
+            if sample_memory:
                 _, base, prefix, header = targets[0]
-                sampler = threading.Timer(knobs.seconds / 2, during_load, args=(name,))
-                sampler.start()
-                load(base, prefix, header, path)
-                sampler.join()
+                self.sample_memory_during(partial(load, base, prefix, header, path))
             for _ in range(knobs.runs):
                 for target, base, prefix, header in targets:
                     series = results.e2e.setdefault((name, target), Series())
@@ -318,7 +311,7 @@ class Bench:
         """
         knobs, results = self.knobs, self.results
         source = self.ct.data
-        decided = {HANDOFF_HEADER: decided_value(self.stack.settings.secret_key)}
+        decided = {HANDOFF_HEADER: self.decided}
         targets = (
             ("stack", self.stack.base_url + "/zhiva", self.http, {"token": self.editor_token}),
             (
@@ -424,10 +417,19 @@ class Bench:
                 for pid, rss, pss in memory_by_process(pids[name]):
                     self.results.processes.append((name, pid, rss, pss))
 
-    def during_load(self, endpoint: str) -> None:
-        # Each component at its peak over the e2e runs: keep the largest sample. The pids
-        # are read before the load: supervisorctl is a Python program, about a second of
-        # CPU for all components, which would weigh on the run being measured.
+    def sample_memory_during(self, run: Callable[[], Run]) -> None:
+        """Memory under load, read halfway through `run`, a run of the stack's that is not
+        counted: reading /proc/PID/smaps_rollup takes CPU and each process's memory lock,
+        which would be charged to the stack's rate alone."""
+        sampler = threading.Timer(self.knobs.seconds / 2, self.during_load)
+        sampler.start()
+        run()
+        sampler.join()
+
+    def during_load(self) -> None:
+        # Each component at its peak over the loads: keep the largest sample. The pids are
+        # read before the load: supervisorctl is a Python program, about a second of CPU
+        # for all components, which would weigh on the run being measured.
         pids = self.load_pids
         for name in COMPONENTS:
             if name in pids:
@@ -483,7 +485,7 @@ class Bench:
             self.sample_memory("idle")
             self.load_pids = self.pids()
             self.decisions()
-            self.end_to_end(self.during_load)
+            self.end_to_end()
             self.uploads()
             self.token_work()
         except Exception:
