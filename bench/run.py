@@ -407,12 +407,12 @@ class Bench:
                 found[name] = int(out)
         return found
 
-    def sample_memory(self, state: str) -> None:
+    def sample_memory(self, state: str, *, by_process: bool = False) -> None:
         pids = self.pids()
         for name in COMPONENTS:
             if name in pids:
                 self.results.memory[(name, state)] = memory_of(pids[name])
-        for name in SERVICES:
+        for name in SERVICES if by_process else ():
             if name in pids:
                 for pid, rss, pss in memory_by_process(pids[name]):
                     self.results.processes.append((name, pid, rss, pss))
@@ -482,12 +482,16 @@ class Bench:
             self.versions()
             self.check_answers()
             time.sleep(3)
-            self.sample_memory("idle")
+            self.sample_memory("idle", by_process=True)
             self.load_pids = self.pids()
             self.decisions()
             self.end_to_end()
             self.uploads()
             self.token_work()
+            # Idle again, after every run: what the work left behind (a worker's pages that
+            # are no longer shared with its master, caches), which a start-up figure hides.
+            time.sleep(3)
+            self.sample_memory("after")
         except Exception:
             self.say_logs()  # the stack's files go with the temporary directory
             raise

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +22,8 @@ from services.shared.db import Database
 from services.shared.models import User
 from services.shared.settings import load_settings
 from services.shared.tokens import Identity, TokenCodec, TokenKind
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import free_port, start_gunicorn, wait_until
 
-PROJECT = Path(__file__).resolve().parents[1]
 CONCURRENT = 50
 ROUNDS = 5
 WORKERS = 3
@@ -39,23 +35,18 @@ def gunicorn(app_config, tmp_path):
     env = {**os.environ, **{k: str(v) for k, v in app_config.items() if k != "TESTING"}}
     log = (tmp_path / "gunicorn.log").open("wb")
     env.update(GUNICORN_BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS=str(WORKERS))
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("gunicorn")),
-            # The deployment's own settings (preloaded app, threaded workers) ...
-            "--config",
-            str(PROJECT / "infra" / "gunicorn.conf.py"),
-            # ... with each access line naming the worker's pid, to see who answered,
+    process = start_gunicorn(
+        "services.token_service:create_app()",
+        env=env,
+        log=log,
+        # The deployment's own settings (preloaded app, threaded workers), with each access
+        # line naming the worker's pid, to see who answered, and no control socket: its
+        # default path is shared by every gunicorn of the user.
+        options=(
             "--access-logformat",
             "access pid=%(p)s status=%(s)s path=%(U)s",
-            # and no control socket: its default path is shared by every gunicorn of the user.
             "--no-control-socket",
-            "services.token_service:create_app()",
-        ],
-        cwd=PROJECT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        ),
     )
     base = f"http://127.0.0.1:{port}"
     try:

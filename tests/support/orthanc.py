@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import requests
 
 from services.shared.settings import PROJECT_DIR
 
-from .processes import free_port, port_open, wait_until
+from .processes import free_port, port_open, start_gunicorn, wait_until
 
 ORTHANC = "/usr/sbin/Orthanc"
 PLUGINS = "/usr/share/orthanc/plugins"
@@ -95,23 +94,12 @@ class PolicyServer:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log = (self.directory / "policy.log").open("ab")
-        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-        self.process = subprocess.Popen(
-            [
-                gunicorn,
-                # The stack's own settings: the asgi worker, as `make up` runs it.
-                "-c",
-                str(PROJECT_DIR / "infra" / "gunicorn.conf.py"),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                "2",
-                "services.policy_service:create_asgi_app()",
-            ],
+        # The stack's own settings (the asgi worker), as `make up` runs them.
+        self.process = start_gunicorn(
+            "services.policy_service:create_asgi_app()",
             env={**os.environ, **self.environment},
-            cwd=PROJECT_DIR,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            log=self.log,
+            options=("--bind", f"127.0.0.1:{self.port}", "--workers", "2"),
         )
         wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok, 30, "policy service")
 
