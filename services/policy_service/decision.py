@@ -8,7 +8,7 @@ is a deny, logged.
 
 Every request that reaches Orthanc passes here, so the expensive parts are
 cached in-process, each for less than the 5 seconds a revocation may take:
-token verification by (token, origin) until the token's expiry, a user's
+token verification by a digest of (token, origin) until the token's expiry, a user's
 state for USER_CACHE_SECONDS. Revocations come from the service's
 RevocationMirror (services/shared/revocation.py), at most MAX_LAG_SECONDS
 behind Redis. Callers may cache a grant for `validity` seconds on top, so the
@@ -17,7 +17,9 @@ worst delay is the larger of those two plus MAX_VALIDITY_SECONDS.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -43,7 +45,8 @@ log = logging.getLogger("zhiva.policy")
 MAX_VALIDITY_SECONDS = 2
 USER_CACHE_SECONDS = 2.0
 CACHE_ENTRIES = 20_000
-# Tokens are about 1 KB each: this bounds the verification cache to a few MB.
+# An entry is a SHA-256 of (token, origin) and what a decision reads from the token
+# (VerifiedToken), about 0.5 KB whatever a client sends: the cache stays near 2 MB.
 TOKEN_CACHE_ENTRIES = 4_096
 PACS_TOKEN_KINDS = (TokenKind.ACCESS, TokenKind.AUTH)
 
@@ -118,6 +121,47 @@ class Decision:
     role: Role | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """What a decision reads from a verified token's claims, and all the cache keeps of it.
+
+    The whole claims dictionary and the token as the key made an entry about 2.3 KB (a
+    forged token of the codec's 8 KB limit, cached as refused, about 8 KB, and as much
+    again in a long Origin): 10 MB per policy worker once a few thousand viewers' tokens
+    had passed (docs/BENCHMARKS.md).
+    """
+
+    username: str
+    jti: str
+    kind: TokenKind
+    generation: int
+    can_edit: bool
+    is_admin: bool
+    expires: float
+
+    @classmethod
+    def of(cls, claims: dict[str, Any]) -> VerifiedToken:
+        return cls(
+            # One string per user, however many of the user's tokens are cached.
+            username=sys.intern(claims["username"]),
+            jti=claims["jti"],
+            kind=TokenKind(claims["kind"]),
+            generation=claims["gen"],
+            can_edit=claims["canEditResource"],
+            is_admin=claims["isAdmin"],
+            expires=float(claims["exp"]),
+        )
+
+
+def verification_key(token: str, origin: str | None) -> bytes:
+    """The verification cache's key: SHA-256 of the token and the Origin (the token's length
+    first, so no two pairs hash the same input), so that an entry's size does not grow with
+    what a client sends. Any text is hashed, surrogates too: the codec judges it."""
+    token_bytes = token.encode("utf-8", "surrogatepass")
+    origin_bytes = (origin or "").encode("utf-8", "surrogatepass")
+    return hashlib.sha256(b"%d:" % len(token_bytes) + token_bytes + origin_bytes).digest()
+
+
 @dataclass(frozen=True)
 class UserState:
     exists: bool
@@ -143,8 +187,9 @@ class PolicyEngine:
         self.revocations = revocations
         self.users = users
         self.clock = clock
-        # Claims of a valid token, or the reason it was refused ("expired" or the invalid reason).
-        self._tokens: TTLCache[tuple[str, str | None], dict[str, Any] | tuple[str, str]] = TTLCache(
+        # By verification_key(token, origin): a valid token's VerifiedToken, or the reason it
+        # was refused ("expired", or "invalid" and the codec's reason).
+        self._tokens: TTLCache[bytes, VerifiedToken | tuple[str, str]] = TTLCache(
             TOKEN_CACHE_ENTRIES
         )
         self._users: TTLCache[str, UserState] = TTLCache()
@@ -171,7 +216,7 @@ class PolicyEngine:
 
         now = self.clock()
         try:
-            claims = self._verify(request.token, request.origin, now)
+            token = self._verify(request.token, request.origin, now)
         except TokenMissing:
             return Decision(False, 401, "missing token", required=required)
         except TokenExpired:
@@ -179,7 +224,7 @@ class PolicyEngine:
         except TokenInvalid as error:
             return Decision(False, 403, f"invalid token: {error.reason}", required=required)
 
-        user, jti = claims["username"], claims["jti"]
+        user, jti = token.username, token.jti
 
         def deny(reason: str) -> Decision:
             return Decision(False, 403, reason, user=user, jti=jti, required=required)
@@ -187,31 +232,31 @@ class PolicyEngine:
         if required is Role.NOBODY:
             return deny("route refused for every token")
         if self.revocations.is_revoked(jti):
-            used = claims["kind"] == TokenKind.AUTH.value
+            used = token.kind is TokenKind.AUTH
             return deny("auth token already redeemed" if used else "token revoked")
         state = self._user_state(user, now)
         if not state.exists:
             return deny("user unknown")
         if state.disabled:
             return deny("user disabled")
-        if state.generation != claims["gen"]:
+        if state.generation != token.generation:
             return deny("token revoked (generation)")
         # The smaller of what the token says and what the user is now: a demotion bites at once.
         role = min(
-            role_of(claims["canEditResource"], claims["isAdmin"]),
+            role_of(token.can_edit, token.is_admin),
             role_of(state.can_edit, state.is_admin),
         )
         if role < required:
             return deny(f"needs {required.name.lower()}, token is {role.name.lower()}")
-        validity = max(0, min(MAX_VALIDITY_SECONDS, int(claims["exp"] - now)))
+        validity = max(0, min(MAX_VALIDITY_SECONDS, int(token.expires - now)))
         return Decision(
             True, 200, "granted", validity, user=user, jti=jti, required=required, role=role
         )
 
-    def _verify(self, token: str | None, origin: str | None, now: float) -> dict[str, Any]:
+    def _verify(self, token: str | None, origin: str | None, now: float) -> VerifiedToken:
         if not token:
             raise TokenMissing()
-        key = (token, origin or None)
+        key = verification_key(token, origin)
         cached = self._tokens.get(key, now)
         if cached is None:
             try:
@@ -223,9 +268,10 @@ class PolicyEngine:
                 # A forged token stays forged: remembering it spares the RSA check.
                 self._tokens.put(key, ("invalid", error.reason), now + 60)
                 raise
-            if claims["exp"] > now:
-                self._tokens.put(key, claims, float(claims["exp"]))
-            return claims
+            verified = VerifiedToken.of(claims)
+            if verified.expires > now:
+                self._tokens.put(key, verified, verified.expires)
+            return verified
         if isinstance(cached, tuple):
             # A new exception each time: re-raising one object would grow its traceback.
             raise TokenExpired() if cached[0] == "expired" else TokenInvalid(cached[1])
