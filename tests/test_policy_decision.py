@@ -423,7 +423,7 @@ def test_the_verification_cache_keeps_little_of_each_token(policy, monkeypatch):
     long_origin = b"https://" + b"o" * 4096 + b".example"
 
     def decide_all() -> list[bool]:
-        requests = [(raw, None) for raw in valid] + [(raw, long_origin) for raw in forged]
+        asked = [(raw, None) for raw in valid] + [(raw, long_origin) for raw in forged]
         return [
             engine.decide(
                 AccessRequest(
@@ -433,7 +433,7 @@ def test_the_verification_cache_keeps_little_of_each_token(policy, monkeypatch):
                     origin=origin.decode() if origin else None,
                 )
             ).granted
-            for raw, origin in requests
+            for raw, origin in asked
         ]
 
     tracemalloc.start()
