@@ -254,7 +254,7 @@ class Bench:
 
     # ----------------------------------------------------------- (2) end to end
 
-    def end_to_end(self, sample_memory: bool = True) -> None:
+    def end_to_end(self) -> None:
         knobs, results = self.knobs, self.results
         # What get.lua sends: BENCH_TOKEN in the header BENCH_HEADER (none when empty).
         viewer = {"BENCH_HEADER": "token", "BENCH_TOKEN": self.viewer_token}
@@ -285,9 +285,8 @@ class Bench:
         # Runs interleaved (stack, baseline, direct, stack, ...): a machine whose load drifts
         # (others' test suites) then weighs on every column alike.
         for name, path in self.paths().items():
-            if sample_memory:
-                _, base, prefix, header = targets[0]
-                self.sample_memory_during(partial(load, base, prefix, header, path))
+            _, base, prefix, header = targets[0]
+            self.sample_memory_during(partial(load, base, prefix, header, path))
             for _ in range(knobs.runs):
                 for target, base, prefix, header in targets:
                     series = results.e2e.setdefault((name, target), Series())
