@@ -143,10 +143,40 @@ def upload(
     return sum(len(b) for b in bodies) / elapsed / 1e6
 
 
+# ------------------------------------------------------------------ token calls
+
+
+def sign_in(http: requests.Session, base: str, username: str, password: str) -> str:
+    """POST /auth/sign-user as the login page does: the auth token it hands out."""
+    response = http.post(
+        base + "/auth/sign-user",
+        json={"username": username, "password": password, "referer": base + "/"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return response.json()["token"]
+
+
+def exchange(http: requests.Session, base: str, auth_token: str) -> str:
+    """POST /auth/generate-access-token with a one-off auth token: the refresh token."""
+    return _bearer_post(http, base + "/auth/generate-access-token", auth_token).strip().strip('"')
+
+
+def refresh(http: requests.Session, base: str, refresh_token: str) -> None:
+    """POST /auth/refresh-token."""
+    _bearer_post(http, base + "/auth/refresh-token", refresh_token)
+
+
+def _bearer_post(http: requests.Session, url: str, token: str) -> str:
+    response = http.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    response.raise_for_status()
+    return response.text
+
+
 # ------------------------------------------------------------------ memory
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     pids, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -159,28 +189,31 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
+def smaps_rollup(pid: int) -> dict[str, float]:
+    """/proc/PID/smaps_rollup's figures (Rss, Pss, Private_Dirty, ...) in MB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, value = line.partition(":")
+        found[name] = int(value.split()[0]) / 1024
+    return found
+
+
 def memory_by_process(pid: int) -> list[tuple[int, float, float]]:
     """(pid, RSS MB, PSS MB) of a process and each of its children, parent first."""
     found = []
-    for each in _tree(pid):
+    for each in process_tree(pid):
         try:
-            text = Path(f"/proc/{each}/smaps_rollup").read_text()
+            figures = smaps_rollup(each)
         except OSError:
             continue
-        rss = pss = 0
-        for line in text.splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1])
-        found.append((each, rss / 1024, pss / 1024))
+        found.append((each, figures["Rss"], figures["Pss"]))
     return found
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its children so far (/proc/PID/stat)."""
     ticks = 0
-    for each in _tree(pid):
+    for each in process_tree(pid):
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

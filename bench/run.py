@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from bench import loads
 from bench.environment import BareOrthanc, BenchNginx
 from bench.loads import Run, Series, cpu_seconds, memory_by_process, memory_of, timed, upload, wrk
 from bench.study import Study, make_study, with_new_uids
@@ -344,13 +345,7 @@ class Bench:
         auth_tokens: list[str] = []
 
         def sign_in() -> None:
-            response = http.post(
-                base + "/auth/sign-user",
-                json={"username": user, "password": USER_PASSWORD, "referer": base + "/"},
-                timeout=30,
-            )
-            response.raise_for_status()
-            auth_tokens.append(response.json()["token"])
+            auth_tokens.append(loads.sign_in(http, base, user, USER_PASSWORD))
 
         def generate_token() -> None:
             response = http.post(
@@ -369,22 +364,10 @@ class Bench:
             auth_tokens.append(response.json()["token"])
 
         def generate_access_token() -> None:
-            token = auth_tokens.pop()
-            response = http.post(
-                base + "/auth/generate-access-token",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            )
-            response.raise_for_status()
-            refresh_tokens.append(response.text.strip().strip('"'))
+            refresh_tokens.append(loads.exchange(http, base, auth_tokens.pop()))
 
         def refresh() -> None:
-            response = http.post(
-                base + "/auth/refresh-token",
-                headers={"Authorization": f"Bearer {refresh_tokens[0]}"},
-                timeout=30,
-            )
-            response.raise_for_status()
+            loads.refresh(http, base, refresh_tokens[0])
 
         self.results.tokens["sign-in (POST /auth/sign-user)"] = (*timed([sign_in] * n), n)
         self.results.tokens["generate-token (new user's password set)"] = (

@@ -13,18 +13,20 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = "services.policy_service.asgi.PolicyWorker" if POLICY else "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# One copy of the code in the master, shared by the workers (memory).
-preload_app = True
+# The master loads the app only for a service of several workers: infra/render.py's
+# gunicorn_workers() adds --preload then, and says why not otherwise.
+preload_app = False
 
 
 def pre_fork(server, worker):  # type: ignore[no-untyped-def]  # gunicorn's hook signature
     """Freeze what the master holds: its pages stay shared with the worker it forks.
 
     A page is shared only until either process writes to it, and a full collection
-    writes into the header of every object it walks. In a token service worker, the
-    first one unshared 22 MB of the 41 MB it had from the master (docs/BENCHMARKS.md).
-    Frozen objects are never walked, in the worker or in the master; they are the
-    code and settings the preload made, which live as long as the process anyway.
+    writes into the header of every object it walks. In a worker of the preloaded token
+    service, the first one unshared 22 MB of the 41 MB it had from the master
+    (docs/BENCHMARKS.md). Frozen objects are never walked, in the worker or in the
+    master; they are the code and settings the preload made, which live as long as the
+    process anyway.
     """
     gc.freeze()
 

@@ -90,13 +90,26 @@ class Layout:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
+def gunicorn_workers(workers: int) -> list[str]:
+    """gunicorn's options for a service of `workers` workers.
+
+    The app is loaded in the master and the workers forked from it (`--preload`) only
+    when there are several: then they share the master's copy of the code. A single
+    worker copies the master's pages as it runs (reference counts, objects put in the
+    gaps of the master's pools), so both would hold the app: the token service grew
+    from 70 to 82 MB after some work, against 68 to 69 MB with the master holding
+    gunicorn alone (docs/BENCHMARKS.md).
+    """
+    return ["--workers", str(workers), *(["--preload"] if workers > 1 else [])]
+
+
 def _gunicorn(
     service: str, port: int, workers: int, project_dir: Path, factory: str = "create_app"
 ) -> str:
     return (
         f"{project_dir / '.venv' / 'bin' / 'gunicorn'} "
         f"-c {project_dir / 'infra' / 'gunicorn.conf.py'} "
-        f"--bind 127.0.0.1:{port} --workers {workers} --name zhiva-{service} "
+        f"--bind 127.0.0.1:{port} {' '.join(gunicorn_workers(workers))} --name zhiva-{service} "
         f"'services.{service}_service:{factory}()'"
     )
 

@@ -39,7 +39,7 @@ def gunicorn(app_config, tmp_path):
         "services.token_service:create_app()",
         env=env,
         log=log,
-        # The deployment's own settings (preloaded app, threaded workers), with each access
+        # The deployment's own settings (threaded workers, the app loaded in each), with each access
         # line naming the worker's pid, to see who answered, and no control socket: its
         # default path is shared by every gunicorn of the user.
         options=(

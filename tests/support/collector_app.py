@@ -1,8 +1,8 @@
 """A WSGI app for tests/test_gunicorn_sharing.py: a large heap made at import, and a request
 that runs a full collection in the worker that serves it.
 
-gunicorn preloads it in its master (infra/gunicorn.conf.py), as it does the services, so
-the heap is shared with the forked worker until one of them writes to its pages.
+With several workers, gunicorn loads it in the master (infra/render.py), as it does a
+service, so the heap is shared with the forked workers until one of them writes to its pages.
 """
 
 from __future__ import annotations
