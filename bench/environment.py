@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
 import requests
 
+from tests.support.nginx import NginxCopy, listen_on
 from tests.support.processes import free_port, wait_until
 from tests.support.stack import Stack
 
@@ -81,77 +81,38 @@ def _server_block(conf: str) -> tuple[str, str, str]:
     return conf[:start], conf[start:end], conf[end:]
 
 
-def _listen(block: str, port: int) -> str:
-    return re.sub(r"listen [^;]*?:\d+ ssl", f"listen 127.0.0.1:{port} ssl", block, count=1)
-
-
 class BenchNginx:
     """Two extra servers (`check`, `noauth`) from the stack's own rendered nginx.conf."""
 
     def __init__(self, stack: Stack, directory: Path, bare: BareOrthanc) -> None:
         self.directory = directory
-        self.ca_file = stack.ca_file
         self.check_port = free_port()
         self.noauth_port = free_port()
-        layout = stack.layout
-        conf = (layout.conf_dir / "nginx.conf").read_text()
-        for path in (layout.nginx_dir, layout.log_dir, layout.run_dir):
-            conf = conf.replace(str(path), str(directory))
+        self.bare = bare
+        self.nginx = NginxCopy(stack, directory, self._servers)
+
+    def _servers(self, conf: str) -> str:
         head, block, tail = _server_block(conf)
         zhiva_proxy = "            proxy_pass http://orthanc/;\n"
         if block.count(zhiva_proxy) != 1 or block.count("auth_request /_authorize;") != 1:
             raise RuntimeError("nginx.conf changed shape: update bench/environment.py")
-        (directory / "static").mkdir(parents=True, exist_ok=True)
-        (directory / "static" / "ok").write_text("")
-        check = _listen(block, self.check_port).replace(
-            zhiva_proxy,
-            f"            root {directory / 'static'};\n            try_files /ok =404;\n",
+        static = self.directory / "static"
+        static.mkdir(parents=True, exist_ok=True)
+        (static / "ok").write_text("")
+        check = listen_on(block, self.check_port).replace(
+            zhiva_proxy, f"            root {static};\n            try_files /ok =404;\n"
         )
         noauth = (
-            _listen(block, self.noauth_port)
+            listen_on(block, self.noauth_port)
             .replace("            auth_request /_authorize;\n", "")
             .replace("proxy_pass http://orthanc/", "proxy_pass http://orthanc_bare/")
         )
-        upstream = f"    upstream orthanc_bare {{ server 127.0.0.1:{bare.port}; keepalive 32; }}\n"
-        self.conf = head + upstream + check + noauth + tail
-        self.process: subprocess.Popen[bytes] | None = None
+        port = self.bare.port
+        upstream = f"    upstream orthanc_bare {{ server 127.0.0.1:{port}; keepalive 32; }}\n"
+        return head + upstream + check + noauth + tail
 
     def start(self) -> None:
-        path = self.directory / "nginx.conf"
-        path.write_text(self.conf)
-        path.chmod(0o600)
-        self.process = subprocess.Popen(
-            [
-                "nginx",
-                "-p",
-                str(self.directory),
-                "-c",
-                str(path),
-                "-e",
-                str(self.directory / "nginx-error.log"),
-                "-g",
-                "daemon off;",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        session = requests.Session()
-        session.trust_env = False
-        wait_until(
-            lambda: (
-                session.get(
-                    f"https://localhost:{self.noauth_port}/zhiva/app/explorer.html",
-                    verify=self.ca_file,
-                    timeout=1,
-                ).status_code
-                < 500
-            ),
-            30,
-            "bench nginx",
-        )
-        session.close()
+        self.nginx.start(f"https://localhost:{self.noauth_port}/zhiva/app/explorer.html")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
+        self.nginx.stop()
