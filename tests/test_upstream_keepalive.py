@@ -10,9 +10,9 @@ Broken pipe) while sending request to upstream`, tests/test_dicom_clients.py).
 
 When it happens cannot be timed against a real Orthanc, so the Orthanc upstream of a
 copy of the stack's own nginx.conf is, here, a server that behaves as Orthanc does at
-that moment: it answers the first request of a connection and closes the connection
-when the next one arrives. Everything else is the stack's: TLS, the policy service's
-`auth_request`, the `/zhiva/` location.
+that moment: it answers the first request of a connection and, when the next one
+arrives, closes the connection without reading its body. Everything else is the
+stack's: TLS, the policy service's `auth_request`, the `/zhiva/` location.
 """
 
 from __future__ import annotations
@@ -31,15 +31,19 @@ from tests.support.stack import Stack
 pytestmark = pytest.mark.stack
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+# More than /zhiva/'s client_body_buffer_size (1m): nginx keeps the body in a temporary
+# file and sends it from there, as it did the upload that failed.
+UPLOAD = b"x" * (2 * 1024 * 1024)
 
 
 class ClosingUpstream:
     """An HTTP/1.1 server that answers `answered` requests per connection, then closes the
-    connection on the next request, unanswered. It records (connection, method, path)."""
+    connection on the next request, its body unread and unanswered. It records each
+    request as (connection, method, path, length of the body read, None if dropped)."""
 
     def __init__(self, answered: int) -> None:
         self.answered = answered
-        self.requests: list[tuple[int, str, str]] = []
+        self.requests: list[tuple[int, str, str, int | None]] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -73,10 +77,10 @@ class ClosingUpstream:
                     ),
                     0,
                 )
-                incoming.read(length)
-                self.requests.append((number, method, path))
                 if served == self.answered:
-                    return  # closed with the request read and unanswered
+                    self.requests.append((number, method, path, None))
+                    return  # closed, the body unread, the request unanswered
+                self.requests.append((number, method, path, len(incoming.read(length))))
                 connection.sendall(ANSWER)
 
     def close(self) -> None:
@@ -111,9 +115,11 @@ def nginx_to(stack: Stack, tmp_path) -> Iterator:
         copy.stop()
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(
+    ("method", "body"), [("GET", b""), ("POST", UPLOAD)], ids=["GET", "POST-2MB"]
+)
 def test_a_request_on_a_connection_orthanc_closed_goes_again_on_a_new_one(
-    stack, editor, nginx_to, method
+    stack, editor, nginx_to, method, body
 ):
     upstream = ClosingUpstream(answered=1)
     base = nginx_to(upstream)
@@ -122,10 +128,13 @@ def test_a_request_on_a_connection_orthanc_closed_goes_again_on_a_new_one(
             http.headers["Authorization"] = f"Bearer {editor}"
             # Leaves nginx's worker holding the connection, kept alive.
             assert http.get(f"{base}/zhiva/system", timeout=10).status_code == 200
-            response = http.request(method, f"{base}/zhiva/instances", data=b"x" * 4096, timeout=10)
+            response = http.request(method, f"{base}/zhiva/instances", data=body, timeout=10)
         assert response.status_code == 200, response.text
-        # Once on the connection kept alive (closed unanswered), then on a new one.
-        assert upstream.requests[1:] == [(1, method, "/instances"), (2, method, "/instances")]
+        # Once on the connection kept alive (dropped), then whole on a new one.
+        assert upstream.requests[1:] == [
+            (1, method, "/instances", None),
+            (2, method, "/instances", len(body)),
+        ]
     finally:
         upstream.close()
 
@@ -138,8 +147,8 @@ def test_a_post_orthanc_drops_on_a_new_connection_is_not_sent_twice(stack, edito
     try:
         with stack.http() as http:
             http.headers["Authorization"] = f"Bearer {editor}"
-            response = http.post(f"{base}/zhiva/instances", data=b"x" * 4096, timeout=10)
+            response = http.post(f"{base}/zhiva/instances", data=UPLOAD, timeout=10)
         assert response.status_code == 502
-        assert upstream.requests == [(1, "POST", "/instances")]
+        assert upstream.requests == [(1, "POST", "/instances", None)]
     finally:
         upstream.close()
