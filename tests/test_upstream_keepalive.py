@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.dicomweb import access_token
+from tests.support.dicomweb import access_token, bearer_session
 from tests.support.nginx import NginxCopy, listen_on, upstream_to
 from tests.support.processes import free_port
 from tests.support.stack import Stack
@@ -124,8 +124,7 @@ def test_a_request_on_a_connection_orthanc_closed_goes_again_on_a_new_one(
     upstream = ClosingUpstream(answered=1)
     base = nginx_to(upstream)
     try:
-        with stack.http() as http:
-            http.headers["Authorization"] = f"Bearer {editor}"
+        with bearer_session(stack, editor) as http:
             # Leaves nginx's worker holding the connection, kept alive.
             assert http.get(f"{base}/zhiva/system", timeout=10).status_code == 200
             response = http.request(method, f"{base}/zhiva/instances", data=body, timeout=10)
@@ -145,8 +144,7 @@ def test_a_post_orthanc_drops_on_a_new_connection_is_not_sent_twice(stack, edito
     upstream = ClosingUpstream(answered=0)
     base = nginx_to(upstream)
     try:
-        with stack.http() as http:
-            http.headers["Authorization"] = f"Bearer {editor}"
+        with bearer_session(stack, editor) as http:
             response = http.post(f"{base}/zhiva/instances", data=UPLOAD, timeout=10)
         assert response.status_code == 502
         assert upstream.requests == [(1, "POST", "/instances", None)]
