@@ -1,8 +1,8 @@
 """The three services' memory, process by process, at start-up and after some work:
 `python -m bench.memory` (about a minute; `make bench` measures memory too, in 13).
 
-The work is what a day of a clinic's use does to the services, in a minute: pages of
-the token form and the sign-in page, sign-ins, auth tokens exchanged, refreshes. What
+The work is a minute of the calls a day of use makes, each code path many times: pages
+of the token form and the sign-in page, sign-ins, auth tokens exchanged, refreshes. What
 it shows is how much a process grows once its code has run: a worker writing into
 pages it shares with its gunicorn master copies them (docs/BENCHMARKS.md, design
 table). Memory is read from /proc/PID/smaps_rollup 3 s after start-up and after work.
