@@ -64,9 +64,6 @@ class NginxCopy:
                 f"nginx in {self.directory}",
             )
 
-    def error_log(self) -> str:
-        return (self.directory / "nginx-error.log").read_text(errors="replace")
-
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
