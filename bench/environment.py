@@ -8,7 +8,10 @@
   `check` (the same /zhiva/ location, auth_request and its cache included, but
   an empty static file instead of Orthanc: "the nginx check alone") and
   `noauth` (the same TLS path without auth_request, proxied to the bare
-  Orthanc: baseline "same nginx/TLS path without any authorization").
+  Orthanc: baseline "same nginx/TLS path without any authorization");
+  bench/check_cost.py asks for two more, to the stack's own Orthanc: the
+  stack's server block as it is (`as_stack`), and without auth_request
+  (`no_check`).
 """
 
 from __future__ import annotations
@@ -82,19 +85,27 @@ def _server_block(conf: str) -> tuple[str, str, str]:
 
 
 class BenchNginx:
-    """Two extra servers (`check`, `noauth`) from the stack's own rendered nginx.conf."""
+    """Extra servers (`check`, `noauth`; `as_stack`, `no_check` when asked for) made from
+    the stack's own rendered nginx.conf."""
 
-    def __init__(self, stack: Stack, directory: Path, bare: BareOrthanc) -> None:
+    def __init__(
+        self, stack: Stack, directory: Path, bare: BareOrthanc, *, to_stack_orthanc: bool = False
+    ) -> None:
         self.directory = directory
         self.check_port = free_port()
         self.noauth_port = free_port()
+        # The stack's server block in this nginx, with and without its check: the stack's
+        # path and the check's share of it, measured in one nginx process.
+        self.as_stack_port = free_port() if to_stack_orthanc else None
+        self.no_check_port = free_port() if to_stack_orthanc else None
         self.bare = bare
         self.nginx = NginxCopy(stack, directory, self._servers)
 
     def _servers(self, conf: str) -> str:
         head, block, tail = _server_block(conf)
         zhiva_proxy = "            proxy_pass http://orthanc/;\n"
-        if block.count(zhiva_proxy) != 1 or block.count("auth_request /_authorize;") != 1:
+        check_line = "            auth_request /_authorize;\n"
+        if block.count(zhiva_proxy) != 1 or block.count(check_line) != 1:
             raise RuntimeError("nginx.conf changed shape: update bench/environment.py")
         static = self.directory / "static"
         static.mkdir(parents=True, exist_ok=True)
@@ -104,12 +115,17 @@ class BenchNginx:
         )
         noauth = (
             listen_on(block, self.noauth_port)
-            .replace("            auth_request /_authorize;\n", "")
+            .replace(check_line, "")
             .replace("proxy_pass http://orthanc/", "proxy_pass http://orthanc_bare/")
         )
+        to_stack = ""
+        if self.as_stack_port is not None and self.no_check_port is not None:
+            to_stack = listen_on(block, self.as_stack_port) + listen_on(
+                block, self.no_check_port
+            ).replace(check_line, "")
         port = self.bare.port
         upstream = f"    upstream orthanc_bare {{ server 127.0.0.1:{port}; keepalive 32; }}\n"
-        return head + upstream + check + noauth + tail
+        return head + upstream + check + noauth + to_stack + tail
 
     def start(self) -> None:
         self.nginx.start(f"https://localhost:{self.noauth_port}/zhiva/app/explorer.html")

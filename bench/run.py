@@ -86,9 +86,10 @@ def loadavg() -> str:
 
 
 class Bench:
-    def __init__(self, root: Path, knobs: Knobs) -> None:
+    def __init__(self, root: Path, knobs: Knobs, *, nginx_to_stack_orthanc: bool = False) -> None:
         self.root = root
         self.knobs = knobs
+        self.nginx_to_stack_orthanc = nginx_to_stack_orthanc  # BenchNginx's extra servers
         self.results = Results(knobs)
         self.load_pids: dict[str, int] = {}  # read once before the load (during_load: why)
         self.stack = Stack.prepare(root / "stack", ADMIN_PASSWORD, root / "output")
@@ -102,7 +103,12 @@ class Bench:
         self.stack.up()
         self.bare = BareOrthanc(self.stack, self.root / "bare-orthanc")
         self.bare.start()
-        self.nginx = BenchNginx(self.stack, self.root / "bench-nginx", self.bare)
+        self.nginx = BenchNginx(
+            self.stack,
+            self.root / "bench-nginx",
+            self.bare,
+            to_stack_orthanc=self.nginx_to_stack_orthanc,
+        )
         self.nginx.start()
         self.http = self.stack.http()
         self.direct = requests.Session()
