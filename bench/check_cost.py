@@ -46,8 +46,8 @@ def routes_of(bench: Bench) -> list[Route]:
     stack, nginx = bench.stack, bench.nginx
     assert nginx is not None and nginx.nginx.process is not None and bench.bare is not None
     assert bench.bare.process is not None
-    stack_nginx = int(stack.supervisorctl("pid", "nginx").stdout.strip())
-    stack_orthanc = int(stack.supervisorctl("pid", "orthanc").stdout.strip())
+    pids = bench.pids()
+    stack_nginx, stack_orthanc = pids["nginx"], pids["orthanc"]
     copy, bare = nginx.nginx.process.pid, bench.bare.process.pid
     token = bench.viewer_token
     return [
