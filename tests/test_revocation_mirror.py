@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,6 +130,47 @@ def test_an_unreadable_stream_denies_then_recovers(tmp_path: Path, prefix: str):
         jti = _jti()
         RevocationStore(redis_client(server.url), prefix).revoke(jti, int(time.time()) + DAY)
         wait_until(lambda: mirror.is_revoked(jti), 2, "revocation after the outage")
+    finally:
+        mirror.stop()
+        server.stop()
+
+
+def test_a_mirror_behind_asks_redis_itself(store, redis_server, prefix):
+    """Past the lag allowed (the process paused by a long collection, the thread starved)
+    the answer comes from Redis itself: neither a stale set nor a deny while Redis answers."""
+    behind = [0.0]
+
+    def clock() -> float:  # readers see the thread's last read `behind` seconds later
+        thread = threading.current_thread().name == "revocation-mirror"
+        return time.monotonic() + (0.0 if thread else behind[0])
+
+    mirror = RevocationMirror(redis_server.url, prefix, clock=clock)
+    try:
+        assert mirror.wait_synced(5)
+        # A key without its stream entry: Redis holds it, the mirror never will.
+        jti = _jti()
+        store.client.set(revoked_key(prefix, jti), "1", ex=3600)
+        assert not mirror.is_revoked(jti)  # in time: the mirror's own set answers
+        behind[0] = 10.0
+        assert not mirror.ping()
+        assert mirror.is_revoked(jti)
+        assert not mirror.is_revoked(_jti())
+    finally:
+        mirror.stop()
+
+
+def test_a_mirror_behind_denies_when_redis_does_not_answer(tmp_path: Path, prefix: str):
+    server = RedisServer(tmp_path / "redis", secrets.token_hex(16))
+    server.start()
+    behind = [0.0]
+    mirror = RevocationMirror(server.url, prefix, clock=lambda: time.monotonic() + behind[0])
+    try:
+        assert mirror.wait_synced(5)
+        server.stop()
+        behind[0] = 10.0
+        for _ in range(3):  # the first asks Redis and fails; the others know it is down
+            with pytest.raises(StoreUnavailable):
+                mirror.is_revoked(_jti())
     finally:
         mirror.stop()
         server.stop()

@@ -126,6 +126,8 @@ RETRY_SECONDS = 0.5
 # With nginx's 2 s grant cache on top (which counts whole seconds: up to 3), a
 # revocation bites within 5 s even when Redis answers slowly (CONTRACT: 5).
 MAX_LAG_SECONDS = 2.0
+# A mirror that is behind asks Redis directly, on the policy's event loop: a short wait.
+DIRECT_TIMEOUT_SECONDS = 0.25
 PRUNE_EVERY_SECONDS = 60.0
 
 
@@ -135,9 +137,12 @@ class RevocationMirror:
     A thread follows the stream RevocationStore writes: first the revocation
     keys themselves and every entry the stream holds, then, blocked in XREAD,
     each new entry as it comes (milliseconds after the revocation).
-    `is_revoked` answers from memory, and only while the thread's last
-    completed read started less than MAX_LAG_SECONDS ago; otherwise (Redis
-    down, the thread stuck) it raises StoreUnavailable, so the caller denies.
+    `is_revoked` answers from memory while the thread's last completed read
+    started less than MAX_LAG_SECONDS ago. Past that the mirror is behind
+    (the process paused, the thread starved, a slow reply), and it asks Redis
+    itself for that one token, as RevocationStore does; when that fails too,
+    or the thread already knows Redis is down, it raises StoreUnavailable, so
+    the caller denies. A known outage costs no wait per request.
     The thread starts on first use in each process: a gunicorn master that
     forks workers never runs one, and each worker runs its own.
     """
@@ -151,6 +156,7 @@ class RevocationMirror:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
+        self.prefix = prefix
         self.stream = prefix + STREAM
         self.key_pattern = revoked_key(prefix, "*")
         self.max_lag = max_lag
@@ -160,6 +166,10 @@ class RevocationMirror:
         self.clock = clock
         self._revoked: dict[str, int] = {}  # jti -> expiry (epoch seconds)
         self._synced_at: float | None = None
+        # Set when a read failed (the thread's or a direct one), cleared by the thread's
+        # next completed read: while set, a mirror that is behind denies at once.
+        self._redis_down = False
+        self._direct: RevocationStore | None = None
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._owner_pid: int | None = None
@@ -173,6 +183,7 @@ class RevocationMirror:
             # After a fork the parent's thread is gone and its state is the parent's.
             self._owner_pid = os.getpid()
             self._revoked, self._synced_at = {}, None
+            self._redis_down, self._direct = False, None
             self._synced, self._stopping = threading.Event(), threading.Event()
             threading.Thread(target=self._follow, name="revocation-mirror", daemon=True).start()
 
@@ -184,9 +195,21 @@ class RevocationMirror:
         return self._synced.wait(timeout)
 
     def is_revoked(self, jti: str) -> bool:
-        if not self.ping():
+        if self.ping():
+            return jti in self._revoked
+        if self._redis_down:
             raise StoreUnavailable()
-        return jti in self._revoked
+        try:
+            return self._direct_store().is_revoked(jti)
+        except StoreUnavailable:
+            self._redis_down = True
+            raise
+
+    def _direct_store(self) -> RevocationStore:
+        if self._direct is None:  # built on first need, in the process that needs it
+            client = redis_client(self.url, timeout=DIRECT_TIMEOUT_SECONDS)
+            self._direct = RevocationStore(client, self.prefix)
+        return self._direct
 
     def ping(self) -> bool:
         """True when the stream was read within MAX_LAG_SECONDS (also the health check)."""
@@ -213,6 +236,7 @@ class RevocationMirror:
                 for entry_id, fields in entries:
                     self._add(fields)
                     last_id = entry_id
+                self._redis_down = False
                 if len(entries) < FOLLOW_BATCH:
                     # Everything announced before `started` is now held.
                     self._synced_at = started
@@ -224,6 +248,7 @@ class RevocationMirror:
                     self._prune()
                     pruned_at = started
             except Exception as error:  # noqa: BLE001 - never let the thread die; fail closed
+                self._redis_down = True
                 if not down:
                     log.error("revocation stream unreadable (%s); denying until it is back", error)
                     down = True
