@@ -21,6 +21,7 @@ from services.shared.db import Database
 from services.shared.settings import load_settings
 from services.shared.tokens import TokenKind
 from services.shared.web import DATABASE_DOWN, resources
+from tests.support.apps import closing
 
 BASE_URL = "https://localhost"
 VIEWER = "https://localhost:3000"
@@ -30,7 +31,8 @@ FAILED = "Invalid username or password"
 
 @pytest.fixture
 def app(app_config):
-    return create_app(app_config)
+    with closing(create_app(app_config)) as app:
+        yield app
 
 
 @pytest.fixture
@@ -252,21 +254,23 @@ def test_allowed_return_uris(auth, return_uri, audience):
 
 
 def test_configured_origin_with_wildcard(app_config):
-    app = create_app({**app_config, "ALLOWED_ORIGINS": "https://*.mydomain.com,https://direct.app"})
-    client = app.test_client()
+    with closing(
+        create_app({**app_config, "ALLOWED_ORIGINS": "https://*.mydomain.com,https://direct.app"})
+    ) as app:
+        client = app.test_client()
 
-    def status(return_uri):
-        query = {"return_uri": return_uri}
-        return client.get("/auth/sign-in", query_string=query, base_url=BASE_URL).status_code
+        def status(return_uri):
+            query = {"return_uri": return_uri}
+            return client.get("/auth/sign-in", query_string=query, base_url=BASE_URL).status_code
 
-    for ok in ("https://zhiva.mydomain.com/", "https://direct.app/x"):
-        assert status(ok) == 200
-    for bad in (
-        "https://mydomain.com/",
-        "https://direct.app.evil.com/",
-        "https://direct.app:8443/",
-    ):
-        assert status(bad) == 400
+        for ok in ("https://zhiva.mydomain.com/", "https://direct.app/x"):
+            assert status(ok) == 200
+        for bad in (
+            "https://mydomain.com/",
+            "https://direct.app.evil.com/",
+            "https://direct.app:8443/",
+        ):
+            assert status(bad) == 400
 
 
 @pytest.mark.parametrize(
@@ -533,9 +537,9 @@ def test_csrf_failure_with_bad_return_uri_shows_error_page(auth):
 
 @pytest.fixture
 def strict_app(app_config):
-    return create_app(
-        {**app_config, "LOGIN_USER_FAILURE_LIMIT": 3, "LOGIN_ADDRESS_FAILURE_LIMIT": 3}
-    )
+    limits = {"LOGIN_USER_FAILURE_LIMIT": 3, "LOGIN_ADDRESS_FAILURE_LIMIT": 3}
+    with closing(create_app({**app_config, **limits})) as app:
+        yield app
 
 
 @pytest.fixture
@@ -598,16 +602,16 @@ def _closed_port():
 
 
 def test_redis_down_fails_closed_with_503(app_config):
-    app = create_app({**app_config, "REDIS_PORT": _closed_port()})
-    actions = SignInActions(app, app.test_client())
-    actions.user("ann")
-    assert actions.page().status_code == 200  # the form itself needs no Redis
-    response = actions.submit("ann", PASSWORD)
-    assert response.status_code == 503 and "Location" not in response.headers
-    assert "token store does not answer" in response.text and response.headers["Retry-After"]
-    response = actions.sign_user({"username": "ann", "password": PASSWORD, "referer": VIEWER})
-    assert response.status_code == 503
-    assert "token store does not answer" in response.json["message"]
+    with closing(create_app({**app_config, "REDIS_PORT": _closed_port()})) as app:
+        actions = SignInActions(app, app.test_client())
+        actions.user("ann")
+        assert actions.page().status_code == 200  # the form itself needs no Redis
+        response = actions.submit("ann", PASSWORD)
+        assert response.status_code == 503 and "Location" not in response.headers
+        assert "token store does not answer" in response.text and response.headers["Retry-After"]
+        response = actions.sign_user({"username": "ann", "password": PASSWORD, "referer": VIEWER})
+        assert response.status_code == 503
+        assert "token store does not answer" in response.json["message"]
 
 
 # --- database down -------------------------------------------------------------------------
@@ -623,20 +627,24 @@ def test_redis_down_fails_closed_with_503(app_config):
 )
 def test_database_down_answers_503_and_counts_no_failure(app_config, database_url):
     """The driver's error is the 503 SQLAlchemy's OperationalError was; health says so too."""
-    app = create_app({**app_config, "DATABASE_URL": database_url, "LOGIN_USER_FAILURE_LIMIT": 2})
-    actions = SignInActions(app, app.test_client())
-    assert actions.page().status_code == 200  # the form itself needs no database
-    # More attempts than the limit: an attempt the database could not judge is not a failure.
-    for _ in range(3):
-        response = actions.submit("ann", PASSWORD)
-        assert response.status_code == 503 and "Location" not in response.headers
-        assert response.json["message"] == DATABASE_DOWN and response.headers["Retry-After"]
-        response = actions.sign_user({"username": "ann", "password": PASSWORD, "referer": VIEWER})
-        assert response.status_code == 503 and response.json == {"message": DATABASE_DOWN}
-        assert response.headers["Retry-After"]
-    health = app.test_client().get("/healthz")
-    assert health.status_code == 503
-    assert health.json["checks"] == {"redis": True, "database": False}
+    with closing(
+        create_app({**app_config, "DATABASE_URL": database_url, "LOGIN_USER_FAILURE_LIMIT": 2})
+    ) as app:
+        actions = SignInActions(app, app.test_client())
+        assert actions.page().status_code == 200  # the form itself needs no database
+        # More attempts than the limit: an attempt the database could not judge is not a failure.
+        for _ in range(3):
+            response = actions.submit("ann", PASSWORD)
+            assert response.status_code == 503 and "Location" not in response.headers
+            assert response.json["message"] == DATABASE_DOWN and response.headers["Retry-After"]
+            response = actions.sign_user(
+                {"username": "ann", "password": PASSWORD, "referer": VIEWER}
+            )
+            assert response.status_code == 503 and response.json == {"message": DATABASE_DOWN}
+            assert response.headers["Retry-After"]
+        health = app.test_client().get("/healthz")
+        assert health.status_code == 503
+        assert health.json["checks"] == {"redis": True, "database": False}
 
 
 # --- the shared auth-token claims -------------------------------------------------------------

@@ -29,6 +29,7 @@ from services.shared.tokens import TokenCodec, TokenKind
 from services.shared.web import Resources
 from services.token_service import create_app
 from tests.conftest import ADMIN_PASSWORD
+from tests.support.apps import closing
 
 USER_PASSWORD = "User-Passw0rd!"
 ALLOWED = "https://viewer.zhiva.ai"
@@ -46,7 +47,8 @@ def user_password_hash() -> str:
 
 @pytest.fixture
 def app(app_config):
-    return create_app(app_config)
+    with closing(create_app(app_config)) as app:
+        yield app
 
 
 @pytest.fixture
@@ -290,12 +292,13 @@ def test_old_system_admin_hash_cost_10_works(app_config):
     old_password = "Old-Admin-Passw0rd!"
     old_hash = bcrypt.hashpw(old_password.encode(), bcrypt.gensalt(10)).decode()
     assert old_hash.startswith("$2b$10$")
-    client = create_app({**app_config, "ADMIN_PASSWORD_HASH": old_hash}).test_client()
-    body = generate_body(password=old_password, createUserIfNotExists=...)
-    response = client.post("/auth/generate-token", json=body)
-    # Past the admin check: the next refusal is about the user.
-    assert response.get_json() == {"message": "User doesn't exists"}
-    response = client.post("/auth/generate-token", json={**body, "password": ADMIN_PASSWORD})
+    with closing(create_app({**app_config, "ADMIN_PASSWORD_HASH": old_hash})) as app:
+        client = app.test_client()
+        body = generate_body(password=old_password, createUserIfNotExists=...)
+        response = client.post("/auth/generate-token", json=body)
+        # Past the admin check: the next refusal is about the user.
+        assert response.get_json() == {"message": "User doesn't exists"}
+        response = client.post("/auth/generate-token", json={**body, "password": ADMIN_PASSWORD})
     assert response.get_json() == {"message": "Invalid admin password"}
 
 
@@ -318,8 +321,9 @@ def test_wrong_admin_passwords_are_slowed_then_refused_with_429(app_config, app,
         assert 0 < int(response.headers["Retry-After"]) <= 900
         assert "try again later" in response.get_json()["message"]
     # Redis holds the count: a new worker (a fresh app) sees the same block.
-    fresh = create_app(app_config).test_client()
-    assert fresh.post("/auth/generate-token", json=generate_body()).status_code == 429
+    with closing(create_app(app_config)) as fresh:
+        refused = fresh.test_client().post("/auth/generate-token", json=generate_body())
+        assert refused.status_code == 429
     # Another client address (nginx's X-Forwarded-For, one trusted hop) is not blocked.
     other = client.post(
         "/auth/generate-token", json=generate_body(), headers={"X-Forwarded-For": "192.0.2.7"}

@@ -15,6 +15,7 @@ from services.shared.admin_cli import main
 from services.shared.passwords import STRONG_PASSWORD_RULE
 from services.shared.tokens import TokenKind
 from services.token_service import create_app
+from tests.support.apps import closing
 
 PASSWORD = "Cli-Passw0rd!"
 NEW_PASSWORD = "Newer-Passw0rd!"
@@ -40,7 +41,8 @@ def cli(env):
 
 @pytest.fixture
 def app(app_config):
-    return create_app(app_config)
+    with closing(create_app(app_config)) as app:
+        yield app
 
 
 def user(app, username: str):

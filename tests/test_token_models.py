@@ -182,3 +182,4 @@ def test_token_service_flow_on_postgresql(app_config, migrated_postgres, usernam
         with app.extensions["zhiva"].db.session() as session:
             session.execute(delete(User).where(User.username == username))
         app.extensions["zhiva"].db.engine.dispose()
+        app.extensions["zhiva"].close()

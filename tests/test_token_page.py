@@ -17,6 +17,7 @@ from services.shared.passwords import STRONG_PASSWORD_RULE
 from services.shared.tokens import TokenKind
 from services.token_service import create_app
 from tests.conftest import ADMIN_PASSWORD
+from tests.support.apps import closing
 
 USER_PASSWORD = "User-Passw0rd!"
 BASE = "https://localhost"
@@ -24,7 +25,8 @@ BASE = "https://localhost"
 
 @pytest.fixture
 def app(app_config):
-    return create_app(app_config)
+    with closing(create_app(app_config)) as app:
+        yield app
 
 
 @pytest.fixture

@@ -189,6 +189,9 @@ class RevocationMirror:
 
     def stop(self) -> None:
         self._stopping.set()
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.client.close()
 
     def wait_synced(self, timeout: float) -> bool:
         self.start()

@@ -55,6 +55,10 @@ class Resources(Generic[DB]):
     def redis(self):  # type: ignore[no-untyped-def]
         return self.revocations.client
 
+    def close(self) -> None:
+        """Close the Redis connections (a worker holds them for its life; tests don't)."""
+        self.revocations.client.close()
+
 
 def resources() -> Resources[Any]:
     return current_app.extensions["zhiva"]
