@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -15,7 +16,8 @@ from services.shared.accounts import identity
 from services.shared.settings import PROJECT_DIR
 from services.shared.tokens import TokenCodec, TokenKind
 from tests.conftest import ADMIN_PASSWORD
-from tests.support.dicom import c_echo, c_store, sample_file
+from tests.support.dicom import c_echo, c_store, sample_file, tls_context
+from tests.support.dicomweb import SyntheticInstance, access_token, bearer_session
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
 
@@ -111,6 +113,38 @@ def test_no_secret_or_token_in_logs(stack):
         assert "secret-token-value" not in text, log
         assert settings.redis_password not in text, log
         assert ADMIN_PASSWORD not in text, log
+
+
+def test_a_slow_download_keeps_its_query_token_out_of_the_logs(stack):
+    """Orthanc Explorer puts the token in the address of what it downloads. nginx buffered an
+    answer a client read slower than Orthanc sent it to a temporary file, and said so in its
+    error log with the request line: the token in the log."""
+    viewer = access_token(stack)
+    instance = SyntheticInstance(1024, 1024, 4)  # 8 MiB
+    upload = bearer_session(stack, access_token(stack, can_edit=True)).post(
+        f"{stack.base_url}/zhiva/instances",
+        data=b"".join(instance.chunks()),
+        headers={"Content-Type": "application/dicom"},
+        timeout=60,
+    )
+    assert upload.status_code == 200, upload.text
+    request = (
+        f"GET /zhiva/instances/{upload.json()['ID']}/file?token={viewer} HTTP/1.1\r\n"
+        "Host: localhost\r\nConnection: close\r\n\r\n"
+    )
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow link's small window
+    raw.connect(("127.0.0.1", int(stack.env["HTTPS_PORT"])))
+    with tls_context(stack.ca_file).wrap_socket(raw, server_hostname="localhost") as client:
+        client.sendall(request.encode())
+        time.sleep(2)  # Orthanc has sent what nginx would hold by now; the client reads none
+        answer = bytearray()
+        while chunk := client.recv(1 << 16):
+            answer += chunk
+    head, _, body = bytes(answer).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == len(instance)
+    for log in stack.layout.log_dir.glob("*.log"):
+        assert viewer not in log.read_text(errors="replace"), log
 
 
 def _main_pid(stack: Stack, program: str) -> int:
