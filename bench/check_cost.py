@@ -9,13 +9,14 @@ round starting with the next path):
 
 - *stack*: the stack's nginx, auth_request (cached), Orthanc with the plugin;
 - *as stack, bench nginx*: the same server block in the bench's nginx;
-- *no check, bench nginx*: that without auth_request (Orthanc's plugin passes the request
-  on nginx's decided header, as it does every request nginx granted);
+- *no check, bench nginx*: that without auth_request (with no grant, nginx sends no handoff
+  value, so Orthanc's plugin judges the request itself, from its cached role);
 - *no authorization*: the bench's `noauth` server, to the Orthanc without the plugin.
 
 Steps 1 → 2 say whether the stack's nginx process costs more than a copy of it; 2 → 3 are
-the cached check; 3 → 4 the plugin. Besides rates (which move by tens of per cent on a
-shared machine), each run's CPU time of the nginx and the Orthanc serving it, per request.
+the cached check less the plugin's own judgement; 3 → 4 the plugin. Besides rates (which
+move by tens of per cent on a shared machine), each run's CPU time of the nginx and the
+Orthanc serving it, per request.
 """
 
 from __future__ import annotations

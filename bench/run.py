@@ -20,7 +20,8 @@ from bench.environment import BareOrthanc, BenchNginx
 from bench.loads import Run, Series, cpu_seconds, memory_by_process, memory_of, timed, upload, wrk
 from bench.study import Study, make_study, with_new_uids
 from services.policy_service.handoff import HEADER as HANDOFF_HEADER
-from services.policy_service.handoff import decided_value
+from services.policy_service.handoff import bound_value, handoff_key
+from services.policy_service.permissions import handoff_scope, orthanc_path, split_query
 from services.shared.accounts import identity
 from services.shared.tokens import TokenCodec, TokenKind
 from tests.support.stack import Stack
@@ -123,10 +124,15 @@ class Bench:
             self.stack.create_user("bench-admin", USER_PASSWORD, can_edit=True, is_admin=True)
         )
         self.viewer_token = self.token(self.viewers[0])
-        # What nginx sends Orthanc once it has granted a request (handoff.py).
-        self.decided = decided_value(self.stack.settings.secret_key)
         self.admin_token = self.token(self.admin)
         self.editor_token = self.token(self.editor)
+
+    def decided(self, method: str, path: str) -> dict[str, str]:
+        """The header nginx sends Orthanc once it has granted `method path` without a token
+        (handoff.py): what the stack's Orthanc is called with directly."""
+        orthanc_uri = orthanc_path(split_query(path)[0])
+        key = handoff_key(self.stack.settings.secret_key)
+        return {HANDOFF_HEADER: bound_value(key, method, handoff_scope(method, orthanc_uri), None)}
 
     def stop(self) -> None:
         for part in (self.nginx, self.bare):
@@ -189,12 +195,11 @@ class Bench:
         headers = {"token": self.viewer_token}
         check = f"https://localhost:{self.nginx.check_port}"
         noauth = f"https://localhost:{self.nginx.noauth_port}"
-        decided = {HANDOFF_HEADER: self.decided}
         for name, path in self.paths().items():
             for session, url, extra in (
                 (self.http, base + "/zhiva" + path, headers),
                 (self.http, noauth + "/zhiva" + path, {}),
-                (self.direct, self.stack.orthanc_url + path, decided),
+                (self.direct, self.stack.orthanc_url + path, self.decided("GET", path)),
                 (self.direct, self.bare.url + path, {}),
             ):
                 response = session.get(url, headers=extra, timeout=60)
@@ -263,11 +268,19 @@ class Bench:
 
     def end_to_end(self) -> None:
         knobs, results = self.knobs, self.results
-        # What get.lua sends: BENCH_TOKEN in the header BENCH_HEADER (none when empty).
-        viewer = {"BENCH_HEADER": "token", "BENCH_TOKEN": self.viewer_token}
-        nothing = {"BENCH_HEADER": "token", "BENCH_TOKEN": ""}
+
+        # What get.lua sends, per path: BENCH_TOKEN in the header BENCH_HEADER (none when empty).
+        def viewer(path: str) -> dict[str, str]:
+            return {"BENCH_HEADER": "token", "BENCH_TOKEN": self.viewer_token}
+
+        def nothing(path: str) -> dict[str, str]:
+            return {"BENCH_HEADER": "token", "BENCH_TOKEN": ""}
+
         # What the Python plugin costs by itself: the stack's Orthanc with nginx's header.
-        decided = {"BENCH_HEADER": HANDOFF_HEADER, "BENCH_TOKEN": self.decided}
+        def decided(path: str) -> dict[str, str]:
+            value = self.decided("GET", path)[HANDOFF_HEADER]
+            return {"BENCH_HEADER": HANDOFF_HEADER, "BENCH_TOKEN": value}
+
         targets = (
             ("stack", self.stack.base_url, "/zhiva", viewer),
             (
@@ -280,13 +293,13 @@ class Bench:
             ("Orthanc directly", self.bare.url, "", nothing),
         )
 
-        def load(base: str, prefix: str, header: dict[str, str], path: str) -> Run:
+        def load(base: str, prefix: str, header: Callable[[str], dict[str, str]], path: str) -> Run:
             return wrk(
                 base,
                 "get.lua",
                 connections=E2E_CONNECTIONS,
                 seconds=knobs.seconds,
-                env={**header, "BENCH_PATH": prefix + path},
+                env={**header(path), "BENCH_PATH": prefix + path},
             )
 
         # Runs interleaved (stack, baseline, direct, stack, ...): a machine whose load drifts
@@ -317,7 +330,6 @@ class Bench:
         """
         knobs, results = self.knobs, self.results
         source = self.ct.data
-        decided = {HANDOFF_HEADER: self.decided}
         targets = (
             ("stack", self.stack.base_url + "/zhiva", self.http, {"token": self.editor_token}),
             (
@@ -326,14 +338,16 @@ class Bench:
                 self.http,
                 {},
             ),
-            ("stack's Orthanc directly", self.stack.orthanc_url, self.direct, decided),
+            ("stack's Orthanc directly", self.stack.orthanc_url, self.direct, None),
             ("Orthanc directly", self.bare.url, self.direct, {}),
         )
         for method in ("STOW-RS", "POST /instances"):
             stow = method == "STOW-RS"
             path = "/pacs/studies" if stow else "/instances"
             for _ in range(knobs.runs):
-                for target, base, session, headers in targets:
+                for target, base, session, fixed in targets:
+                    # The stack's Orthanc directly: nginx's header for this very upload path.
+                    headers = self.decided("POST", path) if fixed is None else fixed
                     series = results.uploads.setdefault((method, target), Series())
                     bodies = [with_new_uids(source) for _ in range(knobs.uploads)]
                     mb_s = upload(session, base + path, bodies, stow=stow, headers=headers)

@@ -17,15 +17,21 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from services.policy_service.handoff import decided_value
 from services.policy_service.permissions import (
+    METHOD_OVERRIDE_QUERY,
     SHARED_READ_CLASS,
     SHARED_READ_METHODS,
     SHARED_READ_PATH,
 )
 from services.policy_service.routes import PACS_PREFIX
 from services.shared.origins import origin_regex
-from services.shared.settings import DEFAULTS, PROJECT_DIR, Settings, load_settings
+from services.shared.settings import (
+    AUTH_MAX_BODY,
+    DEFAULTS,
+    PROJECT_DIR,
+    Settings,
+    load_settings,
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PLUGIN_SCRIPT = Path(__file__).resolve().parent / "orthanc" / "plugin.py"
@@ -216,9 +222,8 @@ def render_native(settings: Settings) -> Layout:
         "programs": programs(settings),
         "environment": _environment(settings),
         "stack_id": hashlib.sha256(str(settings.state_dir).encode()).hexdigest()[:8],
-        # nginx tells Orthanc's plugin a request is decided (issue 6): a secret, so
-        # nginx.conf is written 0600 below.
-        "nginx_decided": decided_value(settings.secret_key),
+        "method_override_query": METHOD_OVERRIDE_QUERY,
+        "auth_body_limit": f"{AUTH_MAX_BODY // 1024}k",
         # One grant cache entry for all plain reads of a token (permissions.py says why).
         "pacs_prefix": PACS_PREFIX,
         "shared_read_methods": "|".join(SHARED_READ_METHODS),

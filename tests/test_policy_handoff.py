@@ -1,8 +1,9 @@
-"""Issue 6's hot path: nginx caches grants and tells Orthanc's plugin a request is decided.
+"""The hot path: nginx caches grants and tells Orthanc's plugin a request is decided.
 
 A client must gain nothing from either: a forged `X-Zhiva-Decided` header is
-replaced by nginx and refused by the plugin, and a cached grant never serves
-another token, method, path or origin, nor a deny.
+replaced by nginx and refused by the plugin, a value binds one method, Orthanc
+path and token, and a cached grant never serves another token, method, path or
+origin, nor a deny.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from services.policy_service.handoff import decided_value, is_decided, secret_key_from
+from services.policy_service.handoff import (
+    bound_value,
+    handoff_key,
+    matches,
+    secret_key_from,
+    token_of,
+)
 from services.shared.accounts import identity
 from services.shared.tokens import TokenCodec, TokenKind
 from tests.support.dicom import sample_file
@@ -26,12 +33,24 @@ PASSWORD = "Handoff-Passw0rd!"
 # --- handoff.py, no server ---------------------------------------------------------------
 
 
-def test_decided_value_depends_on_the_secret_only():
-    assert decided_value("a" * 40) == decided_value("a" * 40)
-    assert decided_value("a" * 40) != decided_value("b" * 40)
-    assert "a" * 40 not in decided_value("a" * 40)
+def test_a_value_binds_secret_method_scope_and_token():
+    key = handoff_key("a" * 40)
+    value = bound_value(key, "GET", "/studies", "t1")
+    assert value == bound_value(handoff_key("a" * 40), "GET", "/studies", "t1")
+    others = [
+        bound_value(handoff_key("b" * 40), "GET", "/studies", "t1"),
+        bound_value(key, "DELETE", "/studies", "t1"),
+        bound_value(key, "GET", "/studies/", "t1"),
+        bound_value(key, "GET", "/Studies", "t1"),
+        bound_value(key, "GET", "/studies", "t2"),
+        bound_value(key, "GET", "/studies", None),
+        # The separator cannot be moved between method and scope.
+        bound_value(key, "GET\n/studies", "", "t1"),
+    ]
+    assert value not in others and len(set(others)) == len(others)
+    assert "a" * 40 not in value and "t1" not in value
     with pytest.raises(ValueError):
-        decided_value("")
+        handoff_key("")
 
 
 @pytest.mark.parametrize(
@@ -53,11 +72,26 @@ def test_secret_key_from_env_file(tmp_path, monkeypatch, line, expected):
 
 
 @pytest.mark.parametrize("sent", [None, "", "0" * 64, "x", "é" * 64])
-def test_is_decided_refuses_anything_but_the_value(sent):
-    expected = decided_value("k" * 40)
-    assert not is_decided(sent, expected)
-    assert not is_decided(expected, None)
-    assert is_decided(expected, expected)
+def test_matches_refuses_anything_but_the_value(sent):
+    expected = bound_value(handoff_key("k" * 40), "GET", "/system", None)
+    assert not matches(sent, expected)
+    assert matches(expected, expected)
+
+
+@pytest.mark.parametrize(
+    ("header", "authorization", "query", "expected"),
+    [
+        ("a", "Bearer b", "c", "a"),
+        (" a ", None, None, "a"),
+        (None, "Bearer b", "c", "b"),
+        ("", "bearer  b ", None, "b"),
+        (None, "Basic b", "c", "c"),
+        ("  ", "Bearer ", " ", None),
+        (None, None, None, None),
+    ],
+)
+def test_both_doors_find_the_same_token(header, authorization, query, expected):
+    assert token_of(header, authorization, query) == expected
 
 
 # --- through the stack ---------------------------------------------------------------------
@@ -84,9 +118,17 @@ def _pacs(stack, method: str, path: str, headers: dict[str, str], **kw) -> reque
     )
 
 
-def _forged_values(stack) -> list[str]:
-    real = decided_value(stack.settings.secret_key)
-    return ["1", "0" * 64, real[:-1] + ("0" if real[-1] != "0" else "1"), real]
+def _forged_values(stack, method: str = "GET", path: str = "/system", token=None) -> list[str]:
+    """Forgeries of the value nginx would send for this request, and that value itself last."""
+    key = handoff_key(stack.settings.secret_key)
+    real = bound_value(key, method, path, token)
+    return [
+        "1",
+        "0" * 64,
+        real[:-1] + ("0" if real[-1] != "0" else "1"),
+        bound_value(key, "GET", "/system", "another token"),
+        real,
+    ]
 
 
 @pytest.mark.stack
@@ -114,6 +156,17 @@ def test_orthanc_port_trusts_only_the_exact_value(stack):
     # The value made from .env's SECRET_KEY is what nginx sends: the plugin lets it pass.
     real = _forged_values(stack)[-1]
     assert requests.get(url, headers={"X-Zhiva-Decided": real}, timeout=10).status_code == 200
+    # The value binds that method and path: replayed on anything else, the plugin judges it.
+    for method, path, extra in [
+        ("GET", "/modalities", {}),
+        ("GET", "/system?_method=DELETE", {}),
+        ("GET", "/system", {"X-HTTP-Method-Override": "DELETE"}),
+        ("POST", "/system", {}),
+        ("GET", "/system", {"token": "a-token"}),
+    ]:
+        headers = {"X-Zhiva-Decided": real, **extra}
+        answer = requests.request(method, stack.orthanc_url + path, headers=headers, timeout=10)
+        assert answer.status_code == 403, (method, path, extra)
 
 
 @pytest.mark.stack
@@ -142,7 +195,10 @@ def _decisions_about(stack, jti: str, besides: tuple[str, str] | None = None) ->
     leaving out its decisions about `besides` (method, Orthanc-relative path) when given."""
     audit = stack.audit_log().splitlines()
     lines = [json.loads(line) for line in audit if f'"jti":"{jti}"' in line]
-    return sum(1 for line in lines if (line["method"], line["path"]) != besides)
+    # `spelled` holds the client's spelling where Orthanc reads the path differently.
+    return sum(
+        1 for line in lines if (line["method"], line.get("spelled", line["path"])) != besides
+    )
 
 
 def _within_one_grant(attempt) -> None:  # type: ignore[no-untyped-def]

@@ -18,14 +18,20 @@ Configuration, section "ZhivaAuthorization" of Orthanc's JSON:
   PermissionsModule  the policy service's permissions.py (standard library only),
                   default ../../services/policy_service/permissions.py from this file
 
-Requests nginx already decided (auth_request) carry `X-Zhiva-Decided` with a
-value derived from `.env`'s SECRET_KEY (services/policy_service/handoff.py);
-one that carries exactly that value (constant-time comparison) passes without
-a second decision. Without CONFIG_DIR/SECRET_KEY nothing is trusted that way.
+Without the permission table and handoff.py the plugin denies every request
+and says so in Orthanc's log.
+
+Requests nginx already decided (auth_request) carry `X-Zhiva-Decided`, an
+HMAC (key from `.env`'s SECRET_KEY, services/policy_service/handoff.py) of
+the decided method, path and token. A request passes on it only when it binds
+the method Orthanc runs, the path as Orthanc read it and the token found here;
+anything else (a method override, a path Orthanc reads differently, another
+token) is judged here. A method override is refused outright. Without
+CONFIG_DIR/SECRET_KEY nothing is taken on nginx's word.
 
 Two caches, both bounded by `validity` and the token's `exp`: answers by
 (token, origin, method, uri, query), and, when the webhook names the token's
-`role` and the permission table could be loaded, the role by (token, origin):
+`role`, the role by (token, origin):
 then the token's next requests are judged here with the service's own table
 (one webhook call per token every few seconds, not one per new URI). A
 request the cached role does not allow still goes to the webhook.
@@ -41,7 +47,6 @@ docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import base64
-import hmac
 import http.client
 import importlib.util
 import json
@@ -83,19 +88,6 @@ def _log(message: str) -> None:
     orthanc.LogWarning("ZhivaAuthorization: " + message)
 
 
-def load_permissions(path: str):
-    """The policy service's permission table, or None (then every new URI asks the webhook)."""
-    try:
-        spec = importlib.util.spec_from_file_location("zhiva_permissions", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.required_role("GET", "/system")  # fails here, not on a request, if it is wrong
-        return module
-    except Exception as error:  # noqa: BLE001 - the plugin still works, only slower
-        _log(f"permission table {path} not loaded ({error!r}): every new URI asks the webhook")
-        return None
-
-
 def load_module(name: str, path: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -103,15 +95,30 @@ def load_module(name: str, path: str):
     return module
 
 
-def load_decided_value() -> str | None:
-    """The X-Zhiva-Decided value nginx sends, or None (then every request is judged here)."""
-    try:
-        handoff = load_module("zhiva_handoff", _HANDOFF)
-        secret = handoff.secret_key_from(os.environ.get("CONFIG_DIR"))
-        return handoff.decided_value(secret) if secret else None
-    except Exception as error:  # noqa: BLE001 - the plugin still works, only slower
-        _log(f"nginx hand-off not loaded ({error.__class__.__name__}): judging every request")
-        return None
+class SharedRules:
+    """The policy service's permission table and handoff rule, the same files it runs.
+
+    Without them the plugin cannot tell what a request needs nor check nginx's
+    word: `_install` then denies every request, saying so in Orthanc's log.
+    """
+
+    def __init__(self, permissions_path: str) -> None:
+        self.permissions = load_module("zhiva_permissions", permissions_path)
+        self.handoff = load_module("zhiva_handoff", _HANDOFF)
+        self.permissions.required_role("GET", "/system")  # fails here, not on a request
+        secret = self.handoff.secret_key_from(os.environ.get("CONFIG_DIR"))
+        # Without SECRET_KEY nothing is taken on nginx's word: every request is judged here.
+        self.handoff_key = self.handoff.handoff_key(secret) if secret else None
+
+    def decided_by_nginx(self, method: str, uri: str, token: str | None, value: str) -> bool:
+        """Whether nginx's value binds exactly this method, Orthanc path and token."""
+        if self.handoff_key is None:
+            return False
+        method = method.upper()
+        scope = self.permissions.handoff_scope(method, uri)
+        return self.handoff.matches(
+            value, self.handoff.bound_value(self.handoff_key, method, scope, token)
+        )
 
 
 class Settings:
@@ -121,8 +128,8 @@ class Settings:
         self.timeout = float(section.get("TimeoutSeconds", 2))
         self.max_validity = float(section.get("MaxValidity", 2))
         self.cache_entries = int(section.get("CacheEntries", 20000))
-        self.permissions = load_permissions(section.get("PermissionsModule") or _PERMISSIONS)
-        self.decided = load_decided_value()
+        self.rules = SharedRules(section.get("PermissionsModule") or _PERMISSIONS)
+        self.permissions = self.rules.permissions
         root = ((configuration.get("DicomWeb") or {}).get("Root") or "/dicom-web/").rstrip("/")
         self.dicomweb = re.compile(
             "^" + re.escape(root) + r"/studies(?:/([^/]+)(?:/series(?:/([^/]+)"
@@ -239,17 +246,17 @@ def token_expiry(token: str) -> float | None:
         return None
 
 
-def find_token(method: str, headers: dict, get: dict) -> tuple[str | None, str | None]:
-    """(token-key, token-value) per CONTRACT section 4, or (None, None)."""
-    value = headers.get("token")
-    if value:
-        return "token", value.strip()
-    authorization = headers.get("authorization") or ""
-    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
-        return "authorization", authorization[7:].strip()
-    if method == "get" and get.get("token"):
-        return "token", str(get["token"]).strip()
-    return None, None
+def find_token(
+    rules: SharedRules, method: str, headers: dict, get: dict
+) -> tuple[str | None, str | None]:
+    """(token-key, token-value) per CONTRACT section 4, or (None, None): the order nginx's
+    check reads them in (handoff.token_of)."""
+    header = str(headers.get("token") or "").strip()
+    query = str(get.get("token") or "").strip() if method == "get" else ""
+    token = rules.handoff.token_of(header, headers.get("authorization"), query)
+    if token is None:
+        return None, None
+    return ("token" if token in (header, query) else "authorization"), token
 
 
 def resource_of(settings: Settings, uri: str, get: dict) -> dict:
@@ -324,17 +331,23 @@ class Authorizer:
         method = _METHODS.get(request.get("method"))
         if method is None:
             return False
+        headers = request.get("headers") or {}
+        get = request.get("get") or {}
+        table = self.settings.permissions
+        # Orthanc has already replaced the request line's method by an override's, so what
+        # the client asked for is unknown: no client of ours sends one (nginx answers 400).
+        if table.METHOD_OVERRIDE_HEADER in headers or any(
+            str(name).lower() == table.METHOD_OVERRIDE_ARGUMENT for name in get
+        ):
+            _log(f"method override refused: {method.upper()} {uri}")
+            return False
         if method == "get" and (uri in _STATIC_EXACT or (_STATIC.match(uri) and ".." not in uri)):
             return True
-        headers = request.get("headers") or {}
-        decided = self.settings.decided
-        if decided is not None:
-            value = headers.get("x-zhiva-decided")
-            # nginx granted it already (auth_request); constant time against guessing.
-            if value and hmac.compare_digest(value.encode("utf-8", "replace"), decided.encode()):
-                return True
-        get = request.get("get") or {}
-        key_name, token = find_token(method, headers, get)
+        key_name, token = find_token(self.settings.rules, method, headers, get)
+        value = headers.get("x-zhiva-decided")
+        # nginx granted exactly this request (auth_request); anything else is judged here.
+        if value and self.settings.rules.decided_by_nginx(method, uri, token, value):
+            return True
         if not token:
             return False  # every route but the static files needs a token (CONTRACT §4)
         origin = headers.get("origin")
@@ -343,11 +356,9 @@ class Authorizer:
         now = time.time()
         if self.cache.get(key, now):
             return True
-        table = self.settings.permissions
-        if table is not None:
-            role = self.roles.get((token, origin), now)
-            if role is not None and table.required_role(method.upper(), uri) <= role:
-                return True
+        role = self.roles.get((token, origin), now)
+        if role is not None and table.required_role(method.upper(), uri) <= role:
+            return True
         body = {
             "method": method,
             **resource_of(self.settings, uri, get),
@@ -367,19 +378,30 @@ class Authorizer:
                 deadline = min(deadline, expiry)
             if deadline > now:
                 self.cache.put(key, True, deadline)
-                if role is not None and table is not None:
+                if role is not None:
                     self.roles.put((token, origin), table.Role[role.upper()], deadline)
         return granted
 
 
+def _deny_everything(uri: str, **request) -> bool:
+    return False
+
+
 def _install() -> None:
-    settings = Settings(json.loads(orthanc.GetConfiguration()))
+    try:
+        settings = Settings(json.loads(orthanc.GetConfiguration()))
+    except Exception as error:  # noqa: BLE001 - whatever it is, no request may pass unjudged
+        orthanc.LogError(
+            f"ZhivaAuthorization: cannot load the policy's rules ({error!r}): denying every request"
+        )
+        orthanc.RegisterIncomingHttpRequestFilter(_deny_everything)
+        return
     orthanc.RegisterIncomingHttpRequestFilter(Authorizer(settings))
     with open(EXPLORER_JS, encoding="utf-8") as script:
         orthanc.ExtendOrthancExplorer(script.read())
     _log(f"requests are checked by {settings.url or 'nobody (denying all)'}")
-    if settings.decided is not None:
-        _log("requests nginx already decided (X-Zhiva-Decided) are not checked twice")
+    if settings.rules.handoff_key is not None:
+        _log("requests nginx decided (X-Zhiva-Decided for that method, path and token) pass")
 
 
 _install()

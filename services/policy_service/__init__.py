@@ -23,6 +23,7 @@ from services.shared.users import UserTable
 from .asgi import ASGIApp, serve
 from .audit import AuditLog, log_to_stderr
 from .decision import PolicyEngine
+from .handoff import handoff_key
 from .routes import DecisionEndpoints, HealthEndpoint, StartResponse
 
 
@@ -42,7 +43,12 @@ class PolicyApp:
             "policy",
             {"redis": lambda: self.revocations.ping(), "database": lambda: self.users.ping()},
         )
-        self.wsgi_app = DecisionEndpoints(health, self.engine, self.audit)
+        self.wsgi_app = DecisionEndpoints(
+            health,
+            self.engine,
+            self.audit,
+            handoff_key(settings.secret_key) if settings.secret_key else None,
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         return self.wsgi_app(environ, start_response)

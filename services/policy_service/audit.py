@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .decision import AccessRequest, Decision
+from .permissions import PathRefused, orthanc_path
 
 log = logging.getLogger("zhiva.audit")
 
@@ -59,7 +60,17 @@ class AuditLog:
 
     @staticmethod
     def entry(request: AccessRequest, decision: Decision) -> dict[str, object]:
-        return {
+        # The path Orthanc runs: nginx asks about the client's spelling, which is kept beside
+        # it when it differs; the webhook's `uri` is already Orthanc's own reading.
+        path, spelled = request.path, None
+        if request.via == "nginx" and path:
+            try:
+                path = orthanc_path(request.path)
+            except PathRefused:
+                pass
+            if path != request.path:
+                spelled = request.path
+        entry: dict[str, object] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "via": request.via,
             "user": decision.user,
@@ -67,12 +78,15 @@ class AuditLog:
             "client": request.client,
             "origin": request.origin,
             "method": request.method,
-            "path": request.path,
+            "path": path,
             "level": request.level,
             "resource": request.resource,
             "decision": "grant" if decision.granted else "deny",
             "reason": decision.reason,
         }
+        if spelled is not None:
+            entry["spelled"] = spelled
+        return entry
 
     def record(self, request: AccessRequest, decision: Decision) -> None:
         try:

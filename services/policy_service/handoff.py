@@ -1,10 +1,17 @@
-"""nginx's word to Orthanc's plugin that a request was already decided (issue 6).
+"""nginx's word to Orthanc's plugin that one request, exactly as Orthanc will run it, was decided.
 
 nginx asks the policy service (auth_request) before it proxies a `/zhiva/`
-request, then adds the header `X-Zhiva-Decided: <value>`; the plugin in
-Orthanc lets a request carrying exactly this value through without asking
-again. The value is derived from `.env`'s SECRET_KEY, so nobody without that
-file can make it, and nginx replaces any copy a client sends.
+request. A grant carries `X-Zhiva-Decided: <value>`, which nginx passes on to
+Orthanc; the plugin in Orthanc lets a request through without asking again
+only when the value binds what Orthanc itself is about to run: the method
+(after any override Orthanc honours), the path as Orthanc reads it, and the
+token it finds. Whatever differs, the plugin decides on its own. The key is
+derived from `.env`'s SECRET_KEY, so nobody without that file can make a
+value, and nginx replaces any copy a client sends.
+
+A plain read (permissions.SHARED_READ_PATH) is bound to its class instead of
+its path: nginx reuses one grant for all of a token's plain reads, and so
+its value too.
 
 Plain standard library on purpose: the Orthanc plugin (Debian's Python, not
 the project's virtualenv) loads this file by path, like permissions.py.
@@ -18,14 +25,49 @@ import os
 from pathlib import Path
 
 HEADER = "X-Zhiva-Decided"
-_LABEL = b"zhiva nginx-decided v1"
+_LABEL = b"zhiva nginx-decided v2"
 
 
-def decided_value(secret_key: str) -> str:
-    """The header value for this SECRET_KEY (hex, so nginx.conf needs no quoting)."""
+def handoff_key(secret_key: str) -> bytes:
+    """The key of the values for this SECRET_KEY (never the secret itself)."""
     if not secret_key:
         raise ValueError("SECRET_KEY is empty")
-    return hmac.new(secret_key.encode(), _LABEL, hashlib.sha256).hexdigest()
+    return hmac.new(secret_key.encode(), _LABEL, hashlib.sha256).digest()
+
+
+def bound_value(key: bytes, method: str, scope: str, token: str | None) -> str:
+    """The header value for one decided request (hex: nginx passes it on unquoted).
+
+    `scope` is the path as Orthanc reads it, or the plain-read class; the token
+    enters as its digest, so a token of any length costs one hash.
+    """
+    token_digest = hashlib.sha256((token or "").encode("utf-8", "surrogatepass")).digest()
+    message = b"%s\n%s\n" % (
+        method.encode("ascii", "replace"),
+        scope.encode("utf-8", "surrogatepass"),
+    )
+    return hmac.new(key, message + token_digest, hashlib.sha256).hexdigest()
+
+
+def matches(value: str | None, expected: str) -> bool:
+    """Constant time: does the request carry exactly this value?"""
+    if not value:
+        return False
+    return hmac.compare_digest(value.encode("utf-8", "replace"), expected.encode())
+
+
+def token_of(
+    header_token: str | None, authorization: str | None, query_token: str | None
+) -> str | None:
+    """The token a request carries, in the one order both doors read it: the `token` header,
+    then `Authorization: Bearer`, then the `token` argument (GET only: the caller says)."""
+    if header_token and header_token.strip():
+        return header_token.strip()
+    if authorization and authorization[:7].lower() == "bearer " and authorization[7:].strip():
+        return authorization[7:].strip()
+    if query_token and query_token.strip():
+        return query_token.strip()
+    return None
 
 
 def secret_key_from(config_dir: str | os.PathLike[str] | None) -> str | None:
@@ -47,10 +89,3 @@ def secret_key_from(config_dir: str | os.PathLike[str] | None) -> str | None:
                 raw = raw[1:-1]
             return raw or None
     return None
-
-
-def is_decided(header_value: str | None, expected: str | None) -> bool:
-    """Constant-time: does the request carry nginx's value? Never true without one."""
-    if not expected or not header_value:
-        return False
-    return hmac.compare_digest(header_value.encode("utf-8", "replace"), expected.encode())

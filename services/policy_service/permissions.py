@@ -4,9 +4,12 @@ Plain standard library on purpose: no Flask, no project imports, so the
 table can be read (and tested) without a running service.
 
 A request is judged on every reading of its path that a server on the way
-might make (decoded and dot-resolved like nginx, split on raw slashes and kept
-literal like a server that does not resolve dot segments, any case), and the
-strictest reading wins: no spelling of a write route passes as a read.
+might make (decoded and dot-resolved like nginx, read the way Orthanc's web
+server reads it (`orthanc_path`), split on raw slashes and kept literal like a
+server that does not resolve dot segments, any case), and the strictest reading
+wins: no spelling of a write route passes as a read. A method override (which
+Orthanc honours, `METHOD_OVERRIDE_HEADER` and `METHOD_OVERRIDE_ARGUMENT`) is
+refused outright by both doors: no client of ours sends one.
 """
 
 from __future__ import annotations
@@ -61,6 +64,28 @@ ADMIN_READ_ROOTS = frozenset({"modalities", "peers"})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 
+# Orthanc runs the method one of these names instead of the request line's (PUT or DELETE;
+# the argument on GET only). Names as Orthanc compares them, after it decodes the query.
+METHOD_OVERRIDE_HEADER = "x-http-method-override"
+METHOD_OVERRIDE_ARGUMENT = "_method"
+
+
+def _any_spelling(text: str) -> str:
+    """A regex for `text` with any of its characters percent-encoded (match case-insensitively)."""
+    return "".join(f"(?:{re.escape(char)}|%{ord(char):02x})" for char in text)
+
+
+# An override argument in a raw query string, however its name is encoded: nginx refuses
+# the request with this text (infra/templates/nginx.conf.j2), case-insensitively.
+METHOD_OVERRIDE_QUERY = r"(?:^|&)" + _any_spelling(METHOD_OVERRIDE_ARGUMENT) + r"(?:=|&|$)"
+_METHOD_OVERRIDE_QUERY = re.compile(METHOD_OVERRIDE_QUERY, re.IGNORECASE)
+
+
+def overrides_method(header_value: str | None, raw_query: str) -> bool:
+    """Whether a request names another method for Orthanc to run (header or argument)."""
+    return bool(header_value) or _METHOD_OVERRIDE_QUERY.search(raw_query) is not None
+
+
 # Plain reads, recognisable from the raw path alone: a resource level or DICOMweb root,
 # then up to 11 segments of lower-case letters, digits, `.`, `_` and `-` (no `.` or `..`
 # segment, no `%`, no `//`, nothing that spells execute-script). Every such path has one
@@ -84,6 +109,13 @@ def is_shared_read(method: str, raw_path: str) -> bool:
     return method in SHARED_READ_METHODS and _SHARED_READ.fullmatch(raw_path) is not None
 
 
+def handoff_scope(method: str, orthanc_uri: str) -> str:
+    """What nginx's handoff value binds besides method and token (handoff.py): the plain-read
+    class, whose one grant nginx reuses for all of a token's plain reads, else the path as
+    Orthanc reads it. Both doors compute it from Orthanc's reading, so they agree."""
+    return SHARED_READ_CLASS if is_shared_read(method, orthanc_uri) else orthanc_uri
+
+
 class PathRefused(ValueError):
     """The path cannot be read one way only (bad encoding, climbs above the root)."""
 
@@ -92,6 +124,40 @@ def split_query(raw_uri: str) -> tuple[str, str]:
     """`/a/b?x=1` -> (`/a/b`, `x=1`); a fragment is dropped (browsers never send one)."""
     path, _, query = raw_uri.partition("?")
     return path.partition("#")[0], query.partition("#")[0]
+
+
+def _without_dot_segments(path: str) -> str:
+    """RFC 3986's remove_dot_segments on an absolute path: `.` and `..` resolved, clamped at `/`."""
+    parts = path.split("/")[1:]
+    kept: list[str] = []
+    for part in parts:
+        if part == "..":
+            if kept:
+                kept.pop()
+        elif part != ".":
+            kept.append(part)
+    trailing = "/" if parts and parts[-1] in (".", "..") else ""
+    return "/" + "/".join(kept) + trailing
+
+
+def orthanc_path(raw_path: str) -> str:
+    """The path Orthanc's router and request filter see when `raw_path` reaches its HTTP server.
+
+    Orthanc's web server (CivetWeb) decodes the path once, reads `\\` as `/`, removes
+    dot segments, then drops the trailing dots of every segment and merges `//`
+    (`/modalities.` is `/modalities`). The Orthanc plugin receives exactly this text.
+    """
+    if not isinstance(raw_path, str) or not raw_path.startswith("/"):
+        raise PathRefused("not an absolute path")
+    try:
+        decoded = unquote(raw_path, errors="strict")
+    except UnicodeDecodeError:
+        raise PathRefused("not UTF-8") from None
+    parts = _without_dot_segments(decoded.replace("\\", "/")).split("/")[1:]
+    stripped = [part.rstrip(".") for part in parts]
+    kept = [part for part in stripped if part]
+    trailing = "/" if kept and not stripped[-1] else ""
+    return "/" + "/".join(kept) + trailing
 
 
 def readings(raw_path: str) -> list[list[str]]:
@@ -124,8 +190,10 @@ def readings(raw_path: str) -> list[list[str]]:
     literal = [unquote(part).lower() for part in raw_path.split("/") if part]
     # Decoded but not dot-resolved (a server that decodes %2F, then splits).
     decoded_literal = [part for part in decoded.lower().split("/") if part]
+    # What Orthanc runs: trailing dots of segments dropped as well.
+    orthanc = [part for part in orthanc_path(raw_path).lower().split("/") if part]
     result = [resolved]
-    for other in (literal, decoded_literal):
+    for other in (orthanc, literal, decoded_literal):
         if other != resolved and other not in result:
             result.append(other)
     return result

@@ -19,7 +19,14 @@ from urllib.parse import parse_qs
 
 from .audit import AuditLog
 from .decision import AccessRequest, Decision, PolicyEngine
-from .permissions import split_query
+from .handoff import HEADER as HANDOFF_HEADER
+from .handoff import bound_value, token_of
+from .permissions import (
+    handoff_scope,
+    orthanc_path,
+    overrides_method,
+    split_query,
+)
 
 log = logging.getLogger("zhiva.policy")
 
@@ -110,12 +117,13 @@ def nginx_request(environ: dict[str, Any]) -> AccessRequest | None:
         path = "/"
     else:
         return None
-    token = environ.get("HTTP_TOKEN") or bearer(environ.get("HTTP_AUTHORIZATION"))
-    if not token and method == "GET" and query:
+    query_token = None
+    if method == "GET" and query:
         values = parse_qs(query).get("token")
-        token = values[0] if values else None
+        query_token = values[0] if values else None
+    token = token_of(environ.get("HTTP_TOKEN"), environ.get("HTTP_AUTHORIZATION"), query_token)
     return AccessRequest(
-        token=token or None,
+        token=token,
         method=method,
         path=path,
         origin=environ.get("HTTP_ORIGIN") or None,
@@ -127,10 +135,14 @@ def nginx_request(environ: dict[str, Any]) -> AccessRequest | None:
 class DecisionEndpoints:
     """WSGI middleware: answers POST /webhook and GET /authorize, passes the rest to `app`."""
 
-    def __init__(self, app: WSGIApp, engine: PolicyEngine, audit: AuditLog) -> None:
+    def __init__(
+        self, app: WSGIApp, engine: PolicyEngine, audit: AuditLog, handoff_key: bytes | None
+    ) -> None:
         self.app = app
         self.engine = engine
         self.audit = audit
+        # Without it nginx passes no value on, and Orthanc's plugin decides every request.
+        self.handoff_key = handoff_key
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
@@ -184,20 +196,30 @@ class DecisionEndpoints:
             decision = Decision(False, 403, "not a PACS path")
             method = environ.get("HTTP_X_ORIGINAL_METHOD") or ""
             self.audit.record(AccessRequest(None, method, "", via="nginx"), decision)
+        elif overrides_method(
+            environ.get("HTTP_X_HTTP_METHOD_OVERRIDE"),
+            split_query(environ.get("HTTP_X_ORIGINAL_URI") or "")[1],
+        ):
+            # nginx refuses these first (400); judging the request line's method here would
+            # grant what Orthanc then runs as another method.
+            decision = Decision(False, 403, "method override refused")
+            self.audit.record(access, decision)
         else:
             decision = self.decide(access)
-        if decision.granted and decision.validity:
-            return _empty(
-                start_response,
-                "204 No Content",
-                [
-                    ("Cache-Control", f"private, max-age={decision.validity}"),
-                    # nginx's proxy_cache reads only this one (it ignores Cache-Control there).
-                    ("X-Accel-Expires", str(decision.validity)),
-                ],
-            )
-        if decision.granted:
-            return _empty(start_response, "204 No Content", NOT_CACHED)
+        if decision.granted and access is not None:
+            headers = [
+                # nginx's proxy_cache reads only X-Accel-Expires (it ignores Cache-Control there).
+                ("Cache-Control", f"private, max-age={decision.validity}"),
+                ("X-Accel-Expires", str(decision.validity)),
+            ]
+            if not decision.validity:
+                headers = list(NOT_CACHED)
+            if self.handoff_key is not None:
+                # A granted path always has Orthanc's reading (the table refuses the others).
+                scope = handoff_scope(access.method, orthanc_path(access.path))
+                value = bound_value(self.handoff_key, access.method, scope, access.token)
+                headers.append((HANDOFF_HEADER, value))
+            return _empty(start_response, "204 No Content", headers)
         if decision.status == 401:
             return _empty(
                 start_response,

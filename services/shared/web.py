@@ -21,7 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .origins import OriginPolicy
 from .revocation import RevocationStore, StoreUnavailable, redis_client
-from .settings import Settings, load_settings
+from .settings import AUTH_MAX_BODY, Settings, load_settings
 from .tokens import TokenCodec, TokenError, TokenExpired, TokenInvalid, TokenMissing
 
 log = logging.getLogger("zhiva")
@@ -86,7 +86,7 @@ def create_service_app(
     app.config.update(
         SECRET_KEY=settings.secret_key,
         # Forms and JSON bodies here are small; uploads go to Orthanc, not to us.
-        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_CONTENT_LENGTH=AUTH_MAX_BODY,
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

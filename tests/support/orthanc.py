@@ -19,10 +19,14 @@ from .processes import free_port, port_open, start_gunicorn, wait_until
 ORTHANC = "/usr/sbin/Orthanc"
 PLUGINS = "/usr/share/orthanc/plugins"
 PLUGIN_SCRIPT = PROJECT_DIR / "infra" / "orthanc" / "plugin.py"
+RECORDING_SCRIPT = Path(__file__).resolve().parent / "recording_plugin.py"
 DICOMWEB_ROOT = "/pacs/"
 
 
 class OrthancServer:
+    # What Explorer's page answers once Orthanc is up (a plugin that denies all: 403).
+    ready_status = 200
+
     def __init__(self, directory: Path, webhook_url: str, *, timeout: float = 2) -> None:
         self.directory = directory
         self.port = free_port()
@@ -64,7 +68,12 @@ class OrthancServer:
         )
         # Static Explorer files answer without a token: the readiness probe.
         wait_until(
-            lambda: requests.get(f"{self.url}/app/explorer.html", timeout=1).ok, 30, "Orthanc"
+            lambda: (
+                requests.get(f"{self.url}/app/explorer.html", timeout=1).status_code
+                == self.ready_status
+            ),
+            30,
+            "Orthanc",
         )
 
     def stop(self) -> None:
@@ -109,3 +118,30 @@ class PolicyServer:
             self.process.wait(20)
         self.log.close()
         wait_until(lambda: not port_open(self.port), 10, "policy service shutdown")
+
+
+class RecordingOrthanc(OrthancServer):
+    """Orthanc 1.10.1 whose request filter writes down how Orthanc read each request and runs
+    none of them (tests/support/recording_plugin.py): what a spelling means to Orthanc."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, webhook_url="")
+        self.record_file = directory / "requests.jsonl"
+
+    def configuration(self) -> dict[str, Any]:
+        config = super().configuration()
+        del config["ZhivaAuthorization"]
+        config["PythonScript"] = str(RECORDING_SCRIPT)
+        config["Recorder"] = {"File": str(self.record_file)}
+        config["WebDavEnabled"] = False  # as the stack's (infra/templates/orthanc.json.j2)
+        return config
+
+    def record_of(self, probe: str) -> dict[str, Any] | None:
+        """How Orthanc read the request sent with header `X-Probe: probe`, or None."""
+        if not self.record_file.exists():
+            return None
+        for line in self.record_file.read_text().splitlines():
+            record = json.loads(line)
+            if record["headers"].get("x-probe") == probe:
+                return record
+        return None
