@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
+from werkzeug.test import Client
 
+from services.policy_service import create_app as create_policy_app
 from services.shared.accounts import authenticate, find_user, identity, revoke_all_tokens
 from services.shared.auth_tokens import auth_token_claims
 from services.shared.models import User
@@ -300,6 +302,107 @@ def test_old_system_admin_hash_cost_10_works(app_config):
         assert response.get_json() == {"message": "User doesn't exists"}
         response = client.post("/auth/generate-token", json={**body, "password": ADMIN_PASSWORD})
     assert response.get_json() == {"message": "Invalid admin password"}
+
+
+# ------------------------------------------- overwriting a user revokes what it held
+
+
+def redeemed(client, auth: str) -> tuple[str, str]:
+    """(access, refresh) for an auth token, through the redeem endpoint."""
+    response = client.post("/auth/generate-access-token", headers=bearer(auth))
+    assert response.status_code == 200, response.get_json()
+    return header_token(response), response.get_data(as_text=True)
+
+
+def refreshes(client, refresh: str) -> bool:
+    response = client.post("/auth/refresh-token", headers=bearer(refresh))
+    assert (response.status_code, response.get_json(silent=True)) in (
+        (200, None),
+        (403, {"message": "Invalid Token"}),
+    )
+    return response.status_code == 200
+
+
+def policy_grants(app_config, token: str) -> bool:
+    """The policy's decision on a read with `token`, asked through its Orthanc webhook.
+
+    A policy app made for the question has no cached user state, so it judges the
+    database as it is now (a running worker sees a change within USER_CACHE_SECONDS).
+    """
+    policy = create_policy_app(app_config)
+    try:
+        body = {
+            "method": "get",
+            "level": "system",
+            "uri": "/system",
+            "token-key": "token",
+            "token-value": token,
+        }
+        response = Client(policy).post("/webhook", json=body)
+        assert response.status_code == 200
+        return response.get_json()["granted"]
+    finally:
+        policy.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"userPassword": "Another-Passw0rd#"},
+        {"canEditResource": False},
+        {"name": "Ann Renamed"},
+    ],
+    ids=["password", "rights", "name only"],
+)
+def test_overwriting_a_user_revokes_its_tokens_and_answers_one_that_works(
+    app_config, app, client, users, change
+):
+    users.add("ann", can_edit=True)
+    access, refresh = redeemed(client, users.token())
+    unredeemed = users.token()
+    assert refreshes(client, refresh) and policy_grants(app_config, access)
+
+    response = client.post("/auth/generate-token", json=generate_body(**change))
+    assert response.status_code == 200
+    fresh = response.get_json()["token"]
+
+    assert not refreshes(client, refresh)
+    assert not policy_grants(app_config, access)
+    refused = client.post("/auth/generate-access-token", headers=bearer(unredeemed))
+    assert (refused.status_code, refused.get_json()) == (403, {"message": "Invalid Token"})
+    # The token the overwrite answered is of the new generation: it redeems and opens the PACS.
+    with zhiva(app).db.session() as session:
+        assert claims_of(fresh)["gen"] == find_user(session, "ann").token_generation == 1
+    new_access, new_refresh = redeemed(client, fresh)
+    assert refreshes(client, new_refresh) and policy_grants(app_config, new_access)
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({"username": "bob"}, 200),
+        ({"password": "Wrong-Passw0rd!"}, 400),
+        ({"userPassword": "weakpassword"}, 400),
+        ({"createUserIfNotExists": ...}, 400),
+    ],
+    ids=["another user created", "wrong admin password", "weak user password", "no create flag"],
+)
+def test_creating_another_user_or_a_refused_overwrite_leaves_tokens_working(
+    app_config, app, client, users, change, status
+):
+    """The control twin of the test above: only an overwrite that happens revokes."""
+    users.add("ann", can_edit=True)
+    access, refresh = redeemed(client, users.token())
+    unredeemed = users.token()
+
+    response = client.post("/auth/generate-token", json=generate_body(**change))
+    assert response.status_code == status
+
+    assert refreshes(client, refresh)
+    assert policy_grants(app_config, access)
+    assert client.post("/auth/generate-access-token", headers=bearer(unredeemed)).status_code == 200
+    with zhiva(app).db.session() as session:
+        assert find_user(session, "ann").token_generation == 0
 
 
 # ------------------------------------------------------------------ brute force

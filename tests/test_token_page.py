@@ -11,13 +11,14 @@ import re
 
 import pytest
 
-from services.shared.accounts import authenticate, find_user
+from services.shared.accounts import authenticate, find_user, identity, save_user
 from services.shared.models import User
 from services.shared.passwords import STRONG_PASSWORD_RULE
 from services.shared.tokens import TokenKind
 from services.token_service import create_app
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.apps import closing
+from tests.test_token_api import bearer, policy_grants, redeemed, refreshes
 
 USER_PASSWORD = "User-Passw0rd!"
 BASE = "https://localhost"
@@ -84,6 +85,13 @@ def confirm(client, password=USER_PASSWORD, again=None):
     )
 
 
+def page_token(response) -> str:
+    """The auth token the last step shows."""
+    match = re.search(r'<textarea id="token-value"[^>]*>([^<]+)</textarea>', text(response))
+    assert match, "no token on the page"
+    return match.group(1)
+
+
 def users_count(app) -> int:
     with app.extensions["zhiva"].db.session() as session:
         return session.query(User).count()
@@ -124,7 +132,7 @@ def test_create_user_flow_ends_with_the_token_its_expiry_and_a_copy_button(app, 
     response = confirm(client)
     assert response.status_code == 200
     page = text(response)
-    token = re.search(r'<textarea id="token-value"[^>]*>([^<]+)</textarea>', page).group(1)
+    token = page_token(response)
     claims = app.extensions["zhiva"].codec.verify(token, TokenKind.AUTH)
     assert claims["username"] == "ann" and claims["canEditResource"] is True
     assert 'id="copy-token"' in page and "/auth/static/token/copy.js" in page
@@ -158,11 +166,22 @@ def test_a_replayed_session_cookie_cannot_confirm_twice(app, client):
         "user_password": USER_PASSWORD,
         "user_password_again": USER_PASSWORD,
     }
-    assert post(client, "/auth/token/confirm", form).status_code == 200
+    first = post(client, "/auth/token/confirm", form)
+    assert first.status_code == 200
     client.set_cookie("zhiva_token", saved.value, domain="localhost", secure=True)
-    replay = post(client, "/auth/token/confirm", form)
+    other = "Replay-Passw0rd!"
+    replay = post(
+        client,
+        "/auth/token/confirm",
+        {**form, "user_password": other, "user_password_again": other},
+    )
     assert replay.status_code == 400
     assert "already used" in text(replay) and "<textarea" not in text(replay)
+    # The refused replay wrote nothing: the first password stands, its token still works.
+    with app.extensions["zhiva"].db.session() as session:
+        assert authenticate(session, "ann", other) is None
+        assert authenticate(session, "ann", USER_PASSWORD) is not None
+    redeemed(client, page_token(first))
 
 
 def test_overwrite_flow_says_the_user_exists_and_keeps_admin_flag(app, client):
@@ -185,6 +204,69 @@ def test_overwrite_flow_says_the_user_exists_and_keeps_admin_flag(app, client):
     with app.extensions["zhiva"].db.session() as session:
         user = authenticate(session, "ann", USER_PASSWORD)
         assert user.name == "Ann Example" and user.is_admin and not user.can_edit
+
+
+class HeldTokens:
+    """ann, an editor, holding an access and a refresh token and an auth token not yet redeemed."""
+
+    def __init__(self, app, client) -> None:
+        self.client = client
+        res = app.extensions["zhiva"]
+        with res.db.session() as session:
+            who = identity(
+                save_user(
+                    session, name="Ann Old", username="ann", password=USER_PASSWORD, can_edit=True
+                )
+            )
+        self.access, self.refresh = redeemed(client, res.codec.issue(TokenKind.AUTH, who)[0])
+        self.unredeemed = res.codec.issue(TokenKind.AUTH, who)[0]
+
+    def still_work(self, app_config) -> tuple[bool, bool, bool]:
+        """(refresh token refreshes, policy grants the access token, auth token redeems)."""
+        redeem = self.client.post(
+            "/auth/generate-access-token", headers=bearer(self.unredeemed)
+        ).status_code
+        return (
+            refreshes(self.client, self.refresh),
+            policy_grants(app_config, self.access),
+            redeem == 200,
+        )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"can_edit": None}, {}],
+    ids=["rights and password", "password"],
+)
+def test_overwriting_on_the_page_revokes_the_users_tokens(app_config, app, client, changes):
+    held = HeldTokens(app, client)
+    assert details(client, **changes).status_code == 303
+    assert "Every token the user holds stops working" in visible(get(client, "/auth/token/confirm"))
+    response = confirm(client, "Another-Passw0rd#")
+    assert response.status_code == 200
+    assert held.still_work(app_config) == (False, False, False)
+    # The token the page shows is of the new generation: it redeems and opens the PACS.
+    access, refresh = redeemed(client, page_token(response))
+    assert refreshes(client, refresh) and policy_grants(app_config, access)
+
+
+@pytest.mark.parametrize(
+    "refusal", ["another user created", "wrong admin password", "weak user password"]
+)
+def test_creating_another_user_or_a_refused_overwrite_on_the_page_leaves_tokens_working(
+    app_config, app, client, refusal
+):
+    """The control twin of the test above: only an overwrite that happens revokes."""
+    held = HeldTokens(app, client)
+    if refusal == "another user created":
+        assert details(client, username="bob").status_code == 303
+        assert confirm(client).status_code == 200
+    elif refusal == "wrong admin password":
+        assert details(client, admin_password="Wrong-Passw0rd!").status_code == 400
+    else:
+        assert details(client).status_code == 303
+        assert confirm(client, "weakpassword").status_code == 400
+    assert held.still_work(app_config) == (True, True, True)
 
 
 def test_cancel_forgets_the_request(client):

@@ -13,7 +13,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.shared.accounts import AccountError, find_user, identity, save_user
+from services.shared.accounts import (
+    AccountError,
+    find_user,
+    identity,
+    revoke_all_tokens,
+    save_user,
+)
 from services.shared.auth_tokens import issue_auth_token
 from services.shared.origins import OriginPolicy, parse_origin
 from services.shared.passwords import check_password
@@ -88,7 +94,13 @@ def save_user_and_issue(
     password: str,
     can_edit: bool,
 ) -> tuple[str, dict[str, Any]]:
-    """Create or overwrite the user (keeping its admin flag) and issue an unbound auth token."""
+    """Create or overwrite the user (keeping its admin flag) and issue an unbound auth token.
+
+    Overwriting revokes every token the user held (its generation is raised, as
+    `zhiva-admin reset-password` does): whoever had the old password or rights
+    must not keep them through a token. The token answered here is of the new
+    generation. Nothing is written unless the caller's transaction commits.
+    """
     existing = find_user(session, username)
     if existing is not None and existing.disabled:
         raise GrantRefused(USER_DISABLED)
@@ -101,6 +113,8 @@ def save_user_and_issue(
             can_edit=can_edit,
             is_admin=existing.is_admin if existing is not None else False,
         )
+        if existing is not None:
+            user = revoke_all_tokens(session, user.username)
     except AccountError as error:
         raise GrantRefused(str(error)) from None
     # The one place auth tokens get their server addresses, shared with the login service.

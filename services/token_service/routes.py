@@ -202,6 +202,8 @@ def confirm_submit():  # type: ignore[no-untyped-def]
     if not form.validate():
         return _render("confirm", 400, form=form, pending=pending)
     res = resources()
+    # The refusals are handled outside the transaction, so it rolls back: a refused or
+    # replayed confirmation must neither change the user nor revoke its tokens.
     try:
         with res.db.session() as db:
             exists_now = find_user(db, pending["username"]) is not None
@@ -216,30 +218,29 @@ def confirm_submit():  # type: ignore[no-untyped-def]
                     pending=pending,
                     message="The user changed meanwhile; please confirm again.",
                 )
-            try:
-                token, claims = grants.save_user_and_issue(
-                    db,
-                    res,
-                    name=pending["name"],
-                    username=pending["username"],
-                    password=form.user_password.data or "",
-                    can_edit=pending["can_edit"],
-                )
-                # Last, so a refusal above leaves the request usable; losing here rolls back.
-                if not res.revocations.redeem_once(
-                    f"token-page:{pending.get('nonce')}", pending["verified_at"] + PENDING_SECONDS
-                ):
-                    raise grants.GrantRefused(REQUEST_USED)
-            except grants.GrantRefused as refused:
-                if refused.message == REQUEST_USED:
-                    session.pop("pending", None)
-                    return _render_details(DetailsForm(formdata=None), REQUEST_USED, 400)
-                return _render(
-                    "confirm", refused.status, form=form, pending=pending, message=refused.message
-                )
-            except StoreUnavailable as down:
-                log.error("redis unavailable on the token page")
-                return _render("confirm", 503, form=form, pending=pending, message=str(down))
+            token, claims = grants.save_user_and_issue(
+                db,
+                res,
+                name=pending["name"],
+                username=pending["username"],
+                password=form.user_password.data or "",
+                can_edit=pending["can_edit"],
+            )
+            # Last, so a refusal above leaves the request usable; losing here rolls back.
+            if not res.revocations.redeem_once(
+                f"token-page:{pending.get('nonce')}", pending["verified_at"] + PENDING_SECONDS
+            ):
+                raise grants.GrantRefused(REQUEST_USED)
+    except grants.GrantRefused as refused:
+        if refused.message == REQUEST_USED:
+            session.pop("pending", None)
+            return _render_details(DetailsForm(formdata=None), REQUEST_USED, 400)
+        return _render(
+            "confirm", refused.status, form=form, pending=pending, message=refused.message
+        )
+    except StoreUnavailable as down:
+        log.error("redis unavailable on the token page")
+        return _render("confirm", 503, form=form, pending=pending, message=str(down))
     except IntegrityError:
         # Created by another request between the look-up and our insert; this request's
         # nonce is spent, so it starts over and will be asked to confirm overwriting.
