@@ -7,51 +7,70 @@ tests/test_policy_users.py checks it stays so).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from services.shared.cors import enable_cors
-from services.shared.throttle import Throttle
+from services.shared.settings import SettingsError
+from services.shared.throttle import MAX_SLOWDOWN_SECONDS, SLOWDOWN_STEP_SECONDS, Throttle
 from services.shared.users import UserTable
 from services.shared.web import create_service_app
 
 from .signin import SignIn
 
-# Failed sign-ins allowed per username, and per client address (a clinic behind one
-# NAT address shares the second), within the window, before 429.
-DEFAULT_LIMITS = {
-    "LOGIN_USER_FAILURE_LIMIT": 5,
+# Sign-in throttling (signin.py's SignIn says how the counters work). Failures of one
+# username from one client address slow that pair's next answers down by the step per
+# failure, up to the maximum (seconds); an address (a clinic behind one NAT address
+# shares it) failing the limit within the window (seconds) is refused with 429.
+DEFAULT_LIMITS: dict[str, int | float] = {
     "LOGIN_ADDRESS_FAILURE_LIMIT": 20,
     "LOGIN_FAILURE_WINDOW": 900,
+    "LOGIN_SLOWDOWN_STEP": SLOWDOWN_STEP_SECONDS,
+    "LOGIN_SLOWDOWN_MAX": MAX_SLOWDOWN_SECONDS,
 }
 
 csrf = CSRFProtect()
 
 
+def _limits(config: dict[str, Any] | None) -> dict[str, int | float]:
+    """DEFAULT_LIMITS with the config's values, each a positive number of the default's type."""
+    limits: dict[str, int | float] = {}
+    for name, default in DEFAULT_LIMITS.items():
+        raw = (config or {}).get(name, default)
+        try:
+            value = type(default)(raw)
+        except (TypeError, ValueError):
+            value = 0
+        if isinstance(raw, bool) or not (0 < value < math.inf):
+            kind = "whole number" if isinstance(default, int) else "number"
+            raise SettingsError(f"{name} must be a positive {kind}, got {raw!r}")
+        limits[name] = value
+    return limits
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
+    limits = _limits(config)  # first: a bad value stops start-up before any connection opens
     app = create_service_app(__name__, "login", config, database=UserTable, can_sign=True)
-    limits = {
-        name: int((config or {}).get(name, default)) for name, default in DEFAULT_LIMITS.items()
-    }
     app.config.update(limits)
 
     res = app.extensions["zhiva"]
     prefix = res.settings.redis_key_prefix
-    window = limits["LOGIN_FAILURE_WINDOW"]
+    window = int(limits["LOGIN_FAILURE_WINDOW"])
     app.extensions["zhiva_sign_in"] = SignIn(
         users=res.db,
-        user_throttle=Throttle(
-            res.redis, prefix, "login-user", limit=limits["LOGIN_USER_FAILURE_LIMIT"], window=window
-        ),
+        pair_throttle=Throttle(res.redis, prefix, "login-pair", limit=None, window=window),
         address_throttle=Throttle(
             res.redis,
             prefix,
             "login-addr",
-            limit=limits["LOGIN_ADDRESS_FAILURE_LIMIT"],
+            limit=int(limits["LOGIN_ADDRESS_FAILURE_LIMIT"]),
             window=window,
         ),
+        slowdown_step=float(limits["LOGIN_SLOWDOWN_STEP"]),
+        slowdown_max=float(limits["LOGIN_SLOWDOWN_MAX"]),
     )
 
     from .routes import blueprint, sign_user

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -16,7 +17,13 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from services.shared.credentials import authenticate, identity
 from services.shared.names import normalise_username
 from services.shared.origins import Origin, OriginPolicy, parse_origin
-from services.shared.throttle import Throttle
+from services.shared.throttle import (
+    MAX_SLOWDOWN_SECONDS,
+    SLOWDOWN_STEP_SECONDS,
+    Throttle,
+    address_key,
+    slowdown_seconds,
+)
 from services.shared.tokens import Identity
 from services.shared.users import UserTable
 
@@ -55,10 +62,13 @@ class SignInFailed(SignInError):
 
 
 class TooManyAttempts(SignInError):
+    """The client address failed too often; it is refused until its window ends."""
+
     def __init__(self, retry_after: int) -> None:
         minutes = max(1, -(-retry_after // 60))
         super().__init__(
-            f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+            "Too many failed sign-ins from this network address. "
+            f"Try again in {minutes} minute{'s' if minutes > 1 else ''}."
         )
         self.retry_after = retry_after
 
@@ -131,49 +141,62 @@ def redirect_location(return_uri: ReturnUri, token: str, return_params: dict[str
     return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path, query, parts.fragment))
 
 
-def throttle_keys(username: object, client_address: str | None) -> tuple[list[str], list[str]]:
-    """The per-username and per-client counter keys of one attempt."""
-    user_keys: list[str] = []
-    if isinstance(username, str) and username:
-        # Hash what cannot be a username, so junk input cannot make long Redis keys.
-        normalised = normalise_username(username)
-        name = normalised or "x-" + hashlib.sha256(username.encode()).hexdigest()[:32]
-        user_keys.append(f"user:{name}")
-    address_keys = [f"addr:{client_address or 'unknown'}"]
-    return user_keys, address_keys
+def throttle_keys(username: object, client_address: str | None) -> tuple[str, str]:
+    """The counter keys of one attempt: its (username, client address) pair, and its address.
+
+    Both are short whatever the input: a string that is not a username is hashed.
+    """
+    address = address_key(client_address)
+    raw = username if isinstance(username, str) else ""
+    name = (
+        normalise_username(raw)
+        or "x-" + hashlib.sha256(raw.encode(errors="replace")).hexdigest()[:32]
+    )
+    return f"{address}|{name}", address
 
 
 @dataclass
 class SignIn:
-    """Checks credentials with brute-force throttling per username and per client address.
+    """Checks credentials, throttled per (username, client address) and per client address.
 
-    A database error passes through (the app answers 503) and counts as no attempt.
+    Nothing here counts failures per username alone: whoever can reach the page
+    could then lock any user out. Failures of one username from one address slow
+    that pair's next answers down (bounded by `slowdown_max`); an address that
+    fails `address_throttle.limit` times within its window, across any usernames,
+    is refused (429) until the window ends. Another address is never held back
+    by them. A database error passes through (the app answers 503) and counts
+    as no attempt.
     """
 
     users: UserTable
-    user_throttle: Throttle
+    pair_throttle: Throttle
     address_throttle: Throttle
+    slowdown_step: float = SLOWDOWN_STEP_SECONDS
+    slowdown_max: float = MAX_SLOWDOWN_SECONDS
+
+    def delay(self, failures: int) -> float:
+        """Seconds the next answer to a pair with `failures` failures waits."""
+        return slowdown_seconds(failures, self.slowdown_step, self.slowdown_max)
 
     def authenticate(
         self, username: object, password: object, client_address: str | None
     ) -> Identity:
-        user_keys, address_keys = throttle_keys(username, client_address)
-        # A blocked key refuses even the right password: otherwise guessing would go on.
-        wait = max(
-            self.user_throttle.retry_after(*user_keys),
-            self.address_throttle.retry_after(*address_keys),
-        )
+        pair, address = throttle_keys(username, client_address)
+        # An address over its limit is refused even the right password: else guessing goes on.
+        wait = self.address_throttle.retry_after(address)
         if wait:
             raise TooManyAttempts(wait)
+        # Before the check, whatever the password: were only wrong guesses delayed, a
+        # guesser could give up on every answer that does not come at once.
+        delay = self.delay(self.pair_throttle.count(pair))
+        if delay:
+            time.sleep(delay)
         user = authenticate(self.users.account, username, password)
         if user is None:
-            failures = max(
-                self.user_throttle.failed(*user_keys) if user_keys else 0,
-                self.address_throttle.failed(*address_keys),
-            )
-            self.user_throttle.slow_down(failures)
+            self.pair_throttle.failed(pair)
+            self.address_throttle.failed(address)
             raise SignInFailed()
-        # Only the username's counter is cleared: clearing the address's would let one
-        # valid account reset the counter of a client guessing at other accounts.
-        self.user_throttle.clear(*user_keys)
+        # Only the pair's counter is cleared: clearing the address's would let one valid
+        # account reset the counter of a client guessing at other accounts.
+        self.pair_throttle.clear(pair)
         return identity(user)

@@ -234,7 +234,7 @@ SPEC: dict[str, Any] = {
                     ),
                     "400": jr("`Invalid data` for every failure (no hint which field was wrong)"),
                     "413": jr("body larger than 64 KB"),
-                    "429": jr("too many failures for this username or address", headers=retry),
+                    "429": jr("too many failed sign-ins from this client address", headers=retry),
                     "503": jr("the token store does not answer", headers=retry),
                 },
             }
