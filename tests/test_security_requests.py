@@ -520,3 +520,19 @@ def test_a_plugin_with_the_rules_serves_explorer(tmp_path):
         assert "cannot load the policy's rules" not in orthanc.log_text()
     finally:
         orthanc.stop()
+
+
+@pytest.mark.stack
+def test_uploads_to_orthanc_are_not_held_to_the_auth_limit(stack, people):
+    """Twin of the row above: /zhiva/ keeps its own limit, its check's subrequest included."""
+    body = Path(sample_file("MR_small.dcm")).read_bytes() + b"\0" * (512 * 1024)
+    assert len(body) > 64 * 1024
+    with stack.http() as http:
+        answer = http.post(
+            f"{stack.base_url}/zhiva/instances",
+            data=body,
+            headers={"token": people["editor"]},
+            timeout=60,
+        )
+    # Orthanc reads it (a DICOM file with trailing padding is still one instance).
+    assert answer.status_code == 200, answer.text
