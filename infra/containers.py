@@ -502,3 +502,29 @@ def run_in(settings: Settings, record: dict[str, object], service: str, argv: Se
     if container is None:
         raise ContainerError(f"no {service} container is running")
     return subprocess.run([engine.name, "exec", "-i", container, *argv]).returncode
+
+
+def restart_orthanc(settings: Settings, record: dict[str, object]) -> None:
+    """Render Orthanc's configuration again and restart it (after `modalities add|remove`).
+
+    The rendering runs in the token container: its settings are the ones the set-up
+    container rendered with, and the state volume is where Orthanc reads them.
+    """
+    if run_in(settings, record, "token", ["python", "-m", "infra.stack", "render-orthanc"]) != 0:
+        raise ContainerError("the token container could not render Orthanc's configuration")
+    engine = recorded_engine(record)
+    container = container_id(engine, str(record["project"]), "orthanc")
+    if container is None:
+        raise ContainerError("no orthanc container is running")
+    say("restarting Orthanc to apply it", end="")
+    engine.run("restart", container, timeout=START_TIMEOUT)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (container_state(engine, container)[0] == "running" and healthy(engine, container)):
+        if time.monotonic() > deadline:
+            say(" failed")
+            raise ContainerError(
+                f"Orthanc did not become healthy in {START_TIMEOUT:.0f}s after its restart; "
+                f"its last log lines:\n    {_logs_tail(engine, container)}"
+            )
+        time.sleep(1)
+    say(" ready")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from infra.dicom_ca import ca_certificate_path, orthanc_modalities
 from services.policy_service.permissions import (
     METHOD_OVERRIDE_QUERY,
     SHARED_READ_CLASS,
@@ -37,7 +38,14 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 PLUGIN_SCRIPT = Path(__file__).resolve().parent / "orthanc" / "plugin.py"
 VENV_BIN = PROJECT_DIR / ".venv" / "bin"
 # Knobs passed to every program, so services see what `make up` was given.
-PASSED_KNOBS = ("HTTPS_PORT", "DICOM_PORT", "BIND_ADDRESS", "PUBLIC_HOST", "DATABASE_URL")
+PASSED_KNOBS = (
+    "HTTPS_PORT",
+    "DICOM_PORT",
+    "BIND_ADDRESS",
+    "PUBLIC_HOST",
+    "DATABASE_URL",
+    "DICOM_ACCEPT_ANY_STORE",
+)
 
 
 @dataclass(frozen=True)
@@ -84,16 +92,26 @@ class Layout:
         return self.conf_dir / "supervisord.conf"
 
     def make_dirs(self) -> None:
+        """STATE_DIR and its directories, mode 0700: made so, or an existing one tightened.
+
+        Nobody but the stack's user may enter: the database, Redis's data, Orthanc's
+        storage and the logs (an Explorer `?token=` in nginx's error log) are inside.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for directory in (
+            self.state_dir,
             self.conf_dir,
             self.run_dir,
             self.log_dir,
             self.nginx_dir,
             self.state_dir / "redis",
+            self.state_dir / "orthanc",
             self.state_dir / "orthanc" / "storage",
             self.state_dir / "orthanc" / "index",
         ):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            directory.mkdir(exist_ok=True, mode=0o700)
+            if directory.stat().st_mode & 0o077:
+                directory.chmod(0o700)
 
 
 def gunicorn_workers(workers: int) -> list[str]:
@@ -197,8 +215,11 @@ def _jinja() -> Environment:
     )
 
 
-def render_native(settings: Settings) -> Layout:
-    """Write nginx.conf, orthanc.json, redis.conf and supervisord.conf under STATE_DIR/conf."""
+def render_native(settings: Settings, only: tuple[str, ...] | None = None) -> Layout:
+    """Write nginx.conf, orthanc.json, redis.conf and supervisord.conf under STATE_DIR/conf.
+
+    `only` names the files to write (`("orthanc.json",)` when modalities change).
+    """
     layout = Layout(settings.state_dir)
     layout.make_dirs()
     running_as_root = os.geteuid() == 0
@@ -214,9 +235,10 @@ def render_native(settings: Settings) -> Layout:
         if ":" not in settings.bind_address
         else f"[{settings.bind_address}]",
         "nginx_workers": os.cpu_count() or 2,
-        # nginx started as root would hand its workers to `nobody`, who cannot reach
-        # STATE_DIR (often under a 0700 home) for request-body temp files; the stack
-        # runs every process as the user who ran `make up`, so nginx's workers too.
+        # Natively nginx never starts as root: root's `make up` renders and starts the
+        # stack as the service user (infra/stack.py), anyone else as himself, so this is
+        # empty. Only the containers render as root; there nginx started as root would hand
+        # its workers to `nobody`, who cannot write STATE_DIR's request-body temp files.
         "nginx_user": "root root" if running_as_root else "",
         "origin_regexes": [origin_regex(p) for p in settings.origin_patterns],
         "programs": programs(settings),
@@ -229,6 +251,9 @@ def render_native(settings: Settings) -> Layout:
         "shared_read_methods": "|".join(SHARED_READ_METHODS),
         "shared_read_path": SHARED_READ_PATH,
         "shared_read_class": SHARED_READ_CLASS,
+        # Who may store and query over DICOM (infra/dicom_ca.py).
+        "dicom_ca_certificate": str(ca_certificate_path(settings)),
+        "dicom_modalities": orthanc_modalities(settings),
     }
     environment = _jinja()
     for template, name, secret in (
@@ -237,6 +262,8 @@ def render_native(settings: Settings) -> Layout:
         ("redis.conf.j2", "redis.conf", True),
         ("supervisord.conf.j2", "supervisord.conf", False),
     ):
+        if only is not None and name not in only:
+            continue
         text = environment.get_template(template).render(**context)
         target = layout.conf_dir / name
         # Written beside and renamed over: a program (re)starting meanwhile reads the old

@@ -1,7 +1,13 @@
 """First-run set-up: TLS certificate, JWT key pair and `.env`. Nothing that exists is regenerated.
 
 Run by `make up` (when something is missing) and by `make setup`. Files that hold
-secrets are written with mode 0600 from the start, never chmod-ed afterwards.
+secrets are written with mode 0600 from the start; one that exists and others may
+read (a `.env` carried over from the old system, a copied `zhiva.key`) is made
+private before anything is added to it, and the set-up says so.
+
+When root runs the stack, its processes run as the system user `zhiva` (SERVICE_USER):
+`ensure_service_user` makes it, and `share_secrets` lets it read, not change, the
+secrets the services read (group `zhiva`, mode 0640); infra/stack.py does the rest.
 """
 
 from __future__ import annotations
@@ -10,8 +16,13 @@ import datetime
 import getpass
 import ipaddress
 import os
+import pwd
 import secrets
+import stat
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -19,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from infra.dicom_ca import ensure_dicom_ca
 from services.shared.passwords import hash_password, weak_password_reason
 from services.shared.settings import DEFAULTS, Settings, load_settings, raw_values
 from services.shared.tokens import MIN_KEY_BITS
@@ -43,11 +55,140 @@ def say(message: str) -> None:
     print(f"setup: {message}", flush=True)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 (refusing to follow an existing file or link)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+# The system user the stack's processes run as when root starts it (README: Running as root).
+SERVICE_USER = "zhiva"
+NO_LOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false")
+PRIVATE = 0o600
+# Readable by the service user's own group, which holds that user alone.
+SHARED = 0o640
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def service_user() -> ServiceUser | None:
+    """The service user when this process is root and the user exists, else None.
+
+    Anyone but root runs the stack as himself: there is nobody to hand it to.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+    if entry.pw_uid == 0 or entry.pw_shell not in NO_LOGIN_SHELLS:
+        raise SetupError(
+            f"a user named {SERVICE_USER} exists (uid {entry.pw_uid}, shell {entry.pw_shell}); "
+            "the stack's services will not run as an account people log in with: remove it "
+            f"(userdel {SERVICE_USER}) or take its login shell away "
+            f"(usermod -s /usr/sbin/nologin {SERVICE_USER})"
+        )
+    return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def ensure_service_user() -> ServiceUser:
+    """Make the system user (no login shell, no home) when it is missing; root only."""
+    for _attempt in range(20):
+        user = service_user()
+        if user is not None:
+            return user
+        try:
+            made = subprocess.run(
+                ["useradd", "--system", "--user-group", "--no-create-home"]
+                + ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"]
+                + ["--comment", "zhiva local PACS services", SERVICE_USER],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except FileNotFoundError:
+            raise SetupError(
+                f"useradd is missing: create a system user {SERVICE_USER} with no login shell "
+                "by hand (the stack's processes run as it when root starts them)"
+            ) from None
+        if made.returncode == 0:
+            say(f"made the system user {SERVICE_USER}: the stack's processes run as it")
+            continue
+        # Another `make up` may hold the lock of /etc/passwd or have made the user meanwhile.
+        if "lock" not in made.stderr and "exists" not in made.stderr:
+            raise SetupError(f"useradd could not make {SERVICE_USER}: {made.stderr.strip()}")
+        time.sleep(0.5)
+    raise SetupError(f"useradd could not make {SERVICE_USER}: /etc/passwd stayed locked")
+
+
+def _secret_mode(status: os.stat_result, user: ServiceUser | None) -> int:
+    """The mode a secret file may have: 0640 when its group is the service user's, else 0600."""
+    return SHARED if user is not None and status.st_gid == user.gid else PRIVATE
+
+
+def make_private(path: Path) -> None:
+    """Take from a secret file every right beyond `_secret_mode`, saying so when it had any."""
+    status = path.stat()
+    mode = stat.S_IMODE(status.st_mode)
+    allowed = _secret_mode(status, service_user())
+    if mode & ~allowed:
+        path.chmod(mode & allowed)
+        say(
+            f"{path} could be read by others (mode {mode:04o}): made it {mode & allowed:04o}, "
+            "as every file that holds a secret"
+        )
+
+
+def _shared_group(config_dir: Path) -> int | None:
+    """The group new secrets get: the service user's once `make up` shared `.env` with it.
+
+    A key made again (a new certificate, then `supervisorctl signal HUP nginx`) must stay
+    readable by the processes that read the old one.
+    """
+    user = service_user()
+    env_file = config_dir / ".env"
+    if user is None or not env_file.exists() or env_file.stat().st_gid != user.gid:
+        return None
+    return user.gid
+
+
+def write_private(path: Path, data: bytes, group: int | None = None) -> None:
+    """Create `path` with mode 0600, or 0640 for `group` (refusing an existing file or link)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    if group is not None:
+        os.fchown(fd, -1, group)
+        os.fchmod(fd, SHARED)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+
+
+def share_secrets(settings: Settings, user: ServiceUser) -> None:
+    """Let the service user read, and not change, the secrets the services read.
+
+    Owner kept, group the service user's, mode 0640. Root's `make up` reads `.env`
+    (STATE_DIR among others): were the file or CONFIG_DIR the service user's, a
+    compromised service could choose what root acts on next time.
+    """
+    paths = (settings.env_file, settings.tls_private_key, settings.jwt_private_key)
+    for path in (settings.config_dir, *paths):
+        if path.stat().st_uid == user.uid:
+            raise SetupError(
+                f"{path} belongs to {user.name}, the user the services run as: they could "
+                f"change what root's `make up` reads. Give it back: chown root {path}"
+            )
+    changed = []
+    for path in paths:
+        status = path.stat()
+        if status.st_gid != user.gid or stat.S_IMODE(status.st_mode) != SHARED:
+            os.chown(path, -1, user.gid)
+            path.chmod(SHARED)
+            changed.append(path.name)
+    if changed:
+        say(
+            f"{user.name} (the services) may read {', '.join(changed)}: "
+            f"group {user.name}, mode {SHARED:04o}"
+        )
 
 
 def write_public(path: Path, data: bytes) -> None:
@@ -58,6 +199,7 @@ def write_public(path: Path, data: bytes) -> None:
 def _tls_certificate(settings: Settings) -> None:
     cert, key = settings.tls_certificate, settings.tls_private_key
     if cert.exists() and key.exists():
+        make_private(key)
         say(f"keeping the TLS certificate {cert}")
     else:
         if cert.exists() != key.exists():
@@ -106,6 +248,7 @@ def _tls_certificate(settings: Settings) -> None:
                 serialization.PrivateFormat.TraditionalOpenSSL,
                 serialization.NoEncryption(),
             ),
+            _shared_group(settings.config_dir),
         )
         write_public(cert, certificate.public_bytes(serialization.Encoding.PEM))
         say(f"made a TLS certificate for {', '.join(str(n.value) for n in names)}: {cert}")
@@ -118,6 +261,7 @@ def _tls_certificate(settings: Settings) -> None:
 def _jwt_keys(settings: Settings) -> None:
     private_path, public_path = settings.jwt_private_key, settings.jwt_public_key
     if private_path.exists():
+        make_private(private_path)
         private_key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
         if not isinstance(private_key, rsa.RSAPrivateKey):
             raise SetupError(f"{private_path} is not an RSA private key")
@@ -141,6 +285,7 @@ def _jwt_keys(settings: Settings) -> None:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
+            _shared_group(settings.config_dir),
         )
         say(f"made a {MIN_KEY_BITS}-bit RS256 key pair: {private_path}")
     if not public_path.exists():
@@ -174,6 +319,9 @@ def ask_admin_password() -> str:
 
 def _env_file(config_dir: Path, admin_password: str | None) -> None:
     env_path = config_dir / ".env"
+    if env_path.exists():
+        # It holds secrets once this function is done, if it holds none yet.
+        make_private(env_path)
     values = raw_values({"CONFIG_DIR": config_dir})
     existing = env_path.read_text() if env_path.exists() else ""
     lines: list[str] = []
@@ -216,6 +364,7 @@ def ensure_setup(config_dir: Path | None = None) -> Settings:
     settings.config_dir.mkdir(parents=True, exist_ok=True)
     _tls_certificate(settings)
     _jwt_keys(settings)
+    ensure_dicom_ca(settings, SetupError)
     _env_file(settings.config_dir, admin_password)
     return load_settings(overrides)
 

@@ -25,7 +25,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.support.dicom import c_echo, c_store
+from tests.support.dicom import Client, c_echo, c_store, register
 from tests.support.dicomweb import (
     OHIF_FRAME_ACCEPT,
     OHIF_INSTANCE_ACCEPT,
@@ -334,11 +334,14 @@ def test_wado_rs_rendered_instance_and_frame(stack, tokens, study, name):
 @pytest.mark.e2e
 def test_c_echo_and_c_store_over_tls_then_found_by_qido(stack, tokens, tmp_path: Path):
     port = int(stack.env["DICOM_PORT"])
-    assert c_echo(port, stack.ca_file, aet=stack.settings.dicom_aet)
+    modality = Client("E2EMODALITY")
+    assert c_echo(port, stack.ca_file, stack.settings.dicom_aet, modality)
+    # Stores come from registered modalities only (tests/test_security_dicom.py).
+    register(stack, modality.aet, modality.source)
     ds = wheel_dataset("CT_small.dcm")
     path = tmp_path / "modality.dcm"
     ds.save_as(path, enforce_file_format=True)
-    assert c_store(port, stack.ca_file, path, aet=stack.settings.dicom_aet) == 0
+    assert c_store(port, stack.ca_file, path, stack.settings.dicom_aet, modality) == 0
     settle_pynetdicom()
 
     client = dicomweb(stack, tokens["viewer"])

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -16,7 +17,7 @@ from services.shared.accounts import identity
 from services.shared.settings import PROJECT_DIR
 from services.shared.tokens import TokenCodec, TokenKind
 from tests.conftest import ADMIN_PASSWORD
-from tests.support.dicom import c_echo, c_store, sample_file, tls_context
+from tests.support.dicom import c_echo, c_store, register, sample_file, tls_context
 from tests.support.dicomweb import SyntheticInstance, access_token, bearer_session
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
@@ -195,6 +196,7 @@ def test_down_stops_everything_and_up_keeps_keys_users_and_studies(tmp_path, out
         http = own.http()
         kid = http.get(f"{own.base_url}/auth/.well-known/jwks.json").json()["keys"][0]["kid"]
         user = own.create_user("keeper", "Keeper-Passw0rd!", is_admin=True, can_edit=True)
+        register(own, "TESTSCU")  # stores come from registered modalities only
         assert c_store(int(own.env["DICOM_PORT"]), own.ca_file, sample_file()) == 0
         codec = TokenCodec.from_settings(own.settings, can_sign=True)
         token, _ = codec.issue(TokenKind.ACCESS, identity(user))
@@ -227,7 +229,8 @@ def test_setup_refuses_a_weak_admin_password_and_writes_nothing(tmp_path, output
     weak = Stack.prepare(tmp_path, password, output_dir)
     with pytest.raises(RuntimeError, match="admin password is (too weak|empty)"):
         weak.make("setup")
-    assert not (tmp_path / "config").exists() or not any((tmp_path / "config").iterdir())
+    config = Path(weak.env["CONFIG_DIR"])
+    assert not config.exists() or not any(config.iterdir())
 
 
 def test_status_describes_the_running_stack_without_its_knobs(stack):

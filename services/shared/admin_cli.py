@@ -1,4 +1,4 @@
-"""`zhiva-admin`: manage users from a shell on the server.
+"""`zhiva-admin`: manage users and DICOM modalities from a shell on the server.
 
 Settings load exactly as the services load them (`CONFIG_DIR/.env`, then the
 environment), so the CLI works on the database the services use. Passwords
@@ -17,11 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from infra import dicom_ca
+
 from .accounts import AccountError, find_user, revoke_all_tokens, save_user, set_disabled
 from .db import Database
 from .models import User
 from .passwords import STRONG_PASSWORD_RULE
-from .settings import SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings
 
 
 @contextmanager
@@ -68,7 +70,7 @@ password_stdin = click.option(
 )
 
 
-@click.group(help="Manage the users of the zhiva local PACS.")
+@click.group(help="Manage the users and the DICOM modalities of the zhiva local PACS.")
 def main() -> None:
     pass
 
@@ -175,6 +177,118 @@ def revoke_tokens(username: str) -> None:
     with _session() as session:
         user = revoke_all_tokens(session, username)
         click.echo(f"revoked every token of {user.username}")
+
+
+@main.group(
+    help="DICOM modalities allowed to store and query (C-STORE, C-FIND, C-MOVE, C-GET); "
+    "C-ECHO needs no registration."
+)
+def modalities() -> None:
+    pass
+
+
+def _dicom_settings() -> Settings:
+    # Only CONFIG_DIR matters here (the registry, the CA): no secret, no database.
+    try:
+        return load_settings(require_secrets=False)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+APPLY_NOTE = (
+    "Orthanc applies it when it restarts (`make admin` restarts it; else at the next `make up`)"
+)
+
+
+@modalities.command("add")
+@click.argument("aet")
+@click.argument("host")
+@click.option(
+    "--port",
+    type=int,
+    default=dicom_ca.DEFAULT_MODALITY_PORT,
+    show_default=True,
+    help="The modality's own DICOM port, where Orthanc sends C-MOVE results.",
+)
+@click.option(
+    "--certificate",
+    is_flag=True,
+    help="Also issue a client certificate and key signed by the stack's DICOM CA.",
+)
+def add_modality(aet: str, host: str, port: int, certificate: bool) -> None:
+    """Register AET at HOST (an IPv4 address): both must match an association."""
+    settings = _dicom_settings()
+    try:
+        modality = dicom_ca.Modality(
+            dicom_ca.check_aet(aet), dicom_ca.check_host(host), dicom_ca.check_port(port)
+        )
+        with dicom_ca.registry_lock(settings):
+            registered = dicom_ca.load_modalities(settings)
+            for other in registered.values():
+                if dicom_ca.same_aet(other.aet, modality.aet):
+                    raise click.ClickException(
+                        f"{other.aet} is registered already (host {other.host}, port "
+                        f"{other.port}); `modalities remove {other.aet}` first to change it"
+                    )
+            if certificate:
+                # Before the registration: a CA problem leaves the registry as it was.
+                cert_path, key_path = dicom_ca.issue_client_certificate(
+                    settings, modality.aet, modality.host
+                )
+            registered[modality.aet] = modality
+            dicom_ca.save_modalities(settings, registered)
+    except dicom_ca.DicomAccessError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"registered {modality.aet} at {modality.host} (port {modality.port})")
+    if certificate:
+        click.echo(f"client certificate: {cert_path}")
+        click.echo(f"client private key: {key_path} (secret: give it to this modality only)")
+        click.echo(f"the modality verifies the PACS with: {settings.trusted_certificates}")
+    click.echo(APPLY_NOTE)
+
+
+@modalities.command("list")
+def list_modalities() -> None:
+    """One line per registered modality: AE title, host, port, client certificate."""
+    settings = _dicom_settings()
+    try:
+        registered = dicom_ca.load_modalities(settings)
+    except dicom_ca.DicomAccessError as error:
+        raise click.ClickException(str(error)) from None
+    if not registered:
+        click.echo("no modalities registered")
+        return
+    click.echo(f"{'AET':<16}  {'HOST':<15}  {'PORT':>5}  CERTIFICATE")
+    for modality in sorted(registered.values(), key=lambda m: m.aet):
+        cert_path, _ = dicom_ca.client_files(settings, modality.aet)
+        expiry = dicom_ca.certificate_expiry(cert_path)
+        issued = f"{cert_path} (until {expiry:%Y-%m-%d})" if expiry else "-"
+        click.echo(f"{modality.aet:<16}  {modality.host:<15}  {modality.port:>5}  {issued}")
+
+
+@modalities.command("remove")
+@click.argument("aet")
+def remove_modality(aet: str) -> None:
+    """Unregister AET; the client certificate and key issued to it are deleted too."""
+    settings = _dicom_settings()
+    try:
+        with dicom_ca.registry_lock(settings):
+            registered = dicom_ca.load_modalities(settings)
+            found = next((m for m in registered.values() if dicom_ca.same_aet(m.aet, aet)), None)
+            if found is None:
+                raise click.ClickException(f"no modality {aet!r} is registered")
+            del registered[found.aet]
+            dicom_ca.save_modalities(settings, registered)
+            removed = [p for p in dicom_ca.client_files(settings, found.aet) if p.exists()]
+            for path in removed:
+                path.unlink()
+    except dicom_ca.DicomAccessError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"removed {found.aet}"
+        + (f"; deleted {', '.join(str(p) for p in removed)}" if removed else "")
+    )
+    click.echo(APPLY_NOTE)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ DEFAULTS: dict[str, str] = {
     "REFRESH_TOKEN_LIFETIME": str(30 * 24 * 3600),
     "CLIENT_MAX_BODY_SIZE": "2000m",
     "DICOM_AET": "ZHIVA",
+    # The seed's "C-STORE from any AE"; off, only registered modalities store (infra/dicom_ca.py).
+    "DICOM_ACCEPT_ANY_STORE": "false",
 }
 
 SECRET_NAMES = ("ADMIN_PASSWORD_HASH", "SECRET_KEY", "REDIS_PASSWORD")
@@ -71,6 +73,7 @@ class Settings:
     refresh_token_lifetime: int
     client_max_body_size: str
     dicom_aet: str
+    dicom_accept_any_store: bool
     database_url: str
     admin_password_hash: str = field(repr=False)
     secret_key: str = field(repr=False)
@@ -140,6 +143,16 @@ def _int(values: dict[str, str], name: str) -> int:
     if number <= 0:
         raise SettingsError(f"{name} must be positive, got {number}")
     return number
+
+
+def _bool(values: dict[str, str], name: str) -> bool:
+    # Only the spellings below: a typo must not quietly turn a security switch either way.
+    raw = values[name].strip().lower()
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {values[name]!r}")
 
 
 def _port(values: dict[str, str], name: str) -> int:
@@ -213,6 +226,7 @@ def load_settings(
         refresh_token_lifetime=_int(values, "REFRESH_TOKEN_LIFETIME"),
         client_max_body_size=values["CLIENT_MAX_BODY_SIZE"],
         dicom_aet=values["DICOM_AET"],
+        dicom_accept_any_store=_bool(values, "DICOM_ACCEPT_ANY_STORE"),
         database_url=values.get("DATABASE_URL") or f"sqlite:///{state_dir / 'zhiva.db'}",
         admin_password_hash=values.get("ADMIN_PASSWORD_HASH", ""),
         secret_key=values.get("SECRET_KEY", ""),

@@ -6,6 +6,7 @@ The copy keeps the stack's certificate and upstreams (the policy service answers
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -42,6 +43,10 @@ class NginxCopy:
         for path in (layout.nginx_dir, layout.log_dir, layout.run_dir):
             conf = conf.replace(str(path), str(directory))
         self.conf = edit(conf)
+        if os.geteuid() == 0:
+            # The stack's nginx runs as its service user and names none; this copy starts
+            # as root in a directory only root may enter, so its workers stay root.
+            self.conf = "user root root;\n" + self.conf
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_url: str) -> None:

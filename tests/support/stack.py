@@ -7,8 +7,13 @@ reaches it: the published HTTPS and DICOM ports, and `make admin`.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import struct
 import subprocess
+import sysconfig
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +25,8 @@ import redis
 import requests
 
 from infra.containers import container_id, find_engine
-from infra.render import CONTAINER_STATE_DIR, Layout
+from infra.render import CONTAINER_STATE_DIR, VENV_BIN, Layout
+from infra.setup import ServiceUser, ensure_service_user
 from services.shared.accounts import save_user
 from services.shared.db import Database
 from services.shared.models import User
@@ -37,6 +43,94 @@ INTERNAL_PORTS = (
 )
 
 
+# A POSIX ACL as Linux stores it in this extended attribute: a version, then entries of
+# (tag, permissions, id); tags below, id only for named users and groups.
+ACL_XATTR = "system.posix_acl_access"
+ACL_VERSION = 2
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+SEARCH = 0o1
+
+
+def _blocks(user: ServiceUser, directory: Path) -> bool:
+    """True when the service user may not enter `directory` (asked as that user)."""
+    check = subprocess.run(
+        ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+        + ["--", "/bin/test", "-x", str(directory)],
+        timeout=30,
+    )
+    return check.returncode != 0
+
+
+def _allow_search(directory: Path, uid: int) -> None:
+    """Add a named-user entry with search permission only to `directory`'s ACL."""
+    try:
+        raw = os.getxattr(directory, ACL_XATTR)
+        entries = [struct.unpack_from("<HHI", raw, 4 + 8 * i) for i in range((len(raw) - 4) // 8)]
+    except OSError:  # no ACL yet: the one the mode bits stand for
+        mode = directory.stat().st_mode
+        entries = [
+            (ACL_USER_OBJ, (mode >> 6) & 7, ACL_UNDEFINED_ID),
+            (ACL_GROUP_OBJ, (mode >> 3) & 7, ACL_UNDEFINED_ID),
+            (ACL_OTHER, mode & 7, ACL_UNDEFINED_ID),
+        ]
+    named = {(tag, ident): perm for tag, perm, ident in entries}
+    named[(ACL_USER, uid)] = named.get((ACL_USER, uid), 0) | SEARCH
+    group = named[(ACL_GROUP_OBJ, ACL_UNDEFINED_ID)]
+    named[(ACL_MASK, ACL_UNDEFINED_ID)] = named.get((ACL_MASK, ACL_UNDEFINED_ID), group) | SEARCH
+    data = struct.pack("<I", ACL_VERSION) + b"".join(
+        struct.pack("<HHI", tag, perm, ident) for (tag, ident), perm in sorted(named.items())
+    )
+    os.setxattr(directory, ACL_XATTR, data)
+
+
+_passage_given = False
+
+
+def give_service_user_passage() -> ServiceUser:
+    """Let the service user reach the project and the Python its .venv was made with.
+
+    As root, `make up` runs the stack as the service user and refuses to start when that
+    user cannot reach them (infra/stack.py `unreachable`); here the .venv's Python may be
+    a pyenv under /root (0700). The tests, run as root, deliberately give that user
+    search permission (not read: it cannot list) on each directory that stops it, through
+    an ACL entry naming it; nothing else changes, and it stays for later runs.
+    """
+    global _passage_given
+    user = ensure_service_user()
+    if _passage_given:
+        return user
+    targets = [
+        Path(os.path.realpath(VENV_BIN / "python")),
+        Path(sysconfig.get_path("stdlib")),
+        PROJECT_DIR,
+    ]
+    for target in targets:
+        for directory in reversed(target.parents):
+            if _blocks(user, directory):
+                _allow_search(directory, user.uid)
+    _passage_given = True
+    return user
+
+
+def _service_home(root: Path) -> Path:
+    """Where a stack that root starts keeps CONFIG_DIR and STATE_DIR.
+
+    Root's `make up` hands the stack to the service user, who cannot enter pytest's
+    temporary directories (0700, root's, and pytest makes them so again at every run).
+    Such a stack lives in a directory of its own in the system's temporary directory,
+    mode 0711 (the service user may pass, not list), reached from `root` by the link
+    `files`, and removed when the test run ends.
+    """
+    home = Path(tempfile.mkdtemp(prefix=f"zhiva-{root.name}-"))
+    home.chmod(0o711)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    link = root / "files"
+    if not link.is_symlink():
+        link.symlink_to(home)
+    return home
+
+
 @dataclass
 class Stack:
     root: Path
@@ -47,8 +141,17 @@ class Stack:
     _clients: list[Any] = field(default_factory=list, repr=False)
 
     @classmethod
+    def files_root(cls, root: Path) -> Path:
+        """The directory of CONFIG_DIR and STATE_DIR: `root`, or, as root, `_service_home`."""
+        if os.geteuid() != 0:
+            return root
+        give_service_user_passage()
+        return _service_home(root)
+
+    @classmethod
     def prepare(cls, root: Path, admin_password: str, output_dir: Path) -> Stack:
         """Choose free ports and directories; nothing runs yet."""
+        files = cls.files_root(root)
         env = {
             key: value
             for key, value in os.environ.items()
@@ -56,8 +159,8 @@ class Stack:
             if key not in ("DATABASE_URL", "ALLOWED_ORIGINS", "ZHIVA_AUTH_ALLOWED_ORIGINS")
         }
         env.update(
-            CONFIG_DIR=str(root / "config"),
-            STATE_DIR=str(root / "state"),
+            CONFIG_DIR=str(files / "config"),
+            STATE_DIR=str(files / "state"),
             HTTPS_PORT=str(free_port()),
             DICOM_PORT=str(free_port()),
             ADMIN_PASSWORD=admin_password,
@@ -200,6 +303,10 @@ class NativeOnly(AssertionError):
 @dataclass
 class ContainerStack(Stack):
     """docker-compose.yml run by Docker or Podman: `make up` with MODE=docker."""
+
+    @classmethod
+    def files_root(cls, root: Path) -> Path:
+        return root  # CONFIG_DIR is mounted into the containers; their state is a volume
 
     @classmethod
     def prepare(cls, root: Path, admin_password: str, output_dir: Path) -> ContainerStack:
