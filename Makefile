@@ -28,7 +28,7 @@ admin: $(VENV)/.runtime ## manage users on the running stack: make admin ARGS="l
 setup: $(VENV)/.runtime ## make the TLS certificate, JWT keys and .env when missing (asks the admin password)
 	@$(BIN)/python -m infra.setup
 
-test: system-packages-test $(VENV)/.test ## the whole test suite, real components included (CONTAINERS=1: the container stack too)
+test: system-packages-test lint ## lint, then the whole test suite, real components included (CONTAINERS=1: the container stack too)
 	$(BIN)/pytest
 	@if [ "$(CONTAINERS)" = 1 ]; then $(MAKE) --no-print-directory test-containers; fi
 
@@ -40,8 +40,10 @@ bench: system-packages-test $(VENV)/.test ## measure what the security layer cos
 	@$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/python -m bench
 
-lint: $(VENV)/.test ## ruff on the code
-	$(BIN)/ruff check services infra tests
+lint: $(VENV)/.test ## ruff (lint and format) and mypy on the code
+	$(BIN)/ruff check services infra tests bench
+	$(BIN)/ruff format --check services infra tests bench
+	$(BIN)/mypy
 
 compose: $(VENV)/.runtime ## render docker-compose.yml from the settings templates
 	@$(BIN)/python -m infra.render compose

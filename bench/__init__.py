@@ -1,4 +1,4 @@
-"""`make bench`: what the security layer costs, measured (issue 6).
+"""`make bench`: what the security layer costs, measured.
 
 `python -m bench` starts the whole stack in a temporary STATE_DIR, a bare
 Orthanc (no plugin) and a second nginx for the baselines, loads a generated

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from joserfc.jwk import RSAKey
 
-from services.shared.tokens import Identity, TokenCodec, TokenKind
+from services.domain.tokens import TokenCodec, TokenKind
+from services.domain.user import UserRecord
 
 COUNT = 200
 ISSUER = "zhiva.ai"
@@ -78,7 +79,7 @@ def main() -> int:
         key = RSAKey.generate_key(2048, private=True)
         (directory / "key.pem").write_bytes(key.as_pem(private=True))
         codec = _codec(directory / "key.pem")
-        identity = Identity("Bench Viewer", "bench-viewer", False, False, 0)
+        identity = UserRecord("Bench Viewer", "bench-viewer", "", False, False, False, 0)
         tokens = [codec.issue(TokenKind.ACCESS, identity)[0] for _ in range(args.count + 1)]
         (directory / "tokens.txt").write_text("\n".join(tokens) + "\n")
         print(f"counting instructions under callgrind ({args.count} verifications)...", flush=True)

@@ -1,4 +1,4 @@
-"""The measurements of issue 6, in one run; `python -m bench` (or `make bench`)."""
+"""Every measurement of docs/BENCHMARKS.md, in one run; `python -m bench` (or `make bench`)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from bench import loads
 from bench.environment import BareOrthanc, BenchNginx
 from bench.loads import Run, Series, cpu_seconds, memory_by_process, memory_of, timed, upload, wrk
 from bench.study import Study, make_study, with_new_uids
-from services.policy_service.handoff import HEADER as HANDOFF_HEADER
-from services.policy_service.handoff import bound_value, handoff_key
-from services.policy_service.permissions import handoff_scope, orthanc_path, split_query
-from services.shared.accounts import identity
-from services.shared.tokens import TokenCodec, TokenKind
+from services.access.handoff import HEADER as HANDOFF_HEADER
+from services.access.handoff import bound_value, handoff_key
+from services.access.paths import orthanc_path, split_query
+from services.access.permissions import handoff_scope
+from services.domain.tokens import TokenCodec, TokenKind
+from services.stores.accounts import identity
 from tests.support.stack import Stack
 
 ADMIN_PASSWORD = "Bench-Admin-Passw0rd!"  # noqa: S105 - a throw-away stack

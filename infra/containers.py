@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.shared.settings import PROJECT_DIR, Settings
+from services.settings import PROJECT_DIR, Settings
 
+from .console import say
 from .render import COMPOSE_FILE, VENV_BIN, passed_knobs
 
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
@@ -49,10 +50,6 @@ DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 class ContainerError(RuntimeError):
     """The container stack cannot do what was asked; the message says why."""
-
-
-def say(message: str, end: str = "\n") -> None:
-    print(message, end=end, flush=True)
 
 
 @dataclass(frozen=True)

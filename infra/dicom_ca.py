@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.shared.settings import Settings, SettingsError
+from services.settings import Settings, SettingsError
 
 CA_KEY_BITS = 3072
 CLIENT_KEY_BITS = 2048

@@ -18,15 +18,15 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from infra.dicom_ca import ca_certificate_path, orthanc_modalities
-from services.policy_service.permissions import (
+from services.access.paths import PACS_PREFIX
+from services.access.permissions import (
     METHOD_OVERRIDE_QUERY,
     SHARED_READ_CLASS,
     SHARED_READ_METHODS,
     SHARED_READ_PATH,
 )
-from services.policy_service.routes import PACS_PREFIX
-from services.shared.origins import origin_regex
-from services.shared.settings import (
+from services.domain.origins import origin_regex
+from services.settings import (
     AUTH_MAX_BODY,
     DEFAULTS,
     PROJECT_DIR,
@@ -120,11 +120,20 @@ def gunicorn_workers(workers: int) -> list[str]:
     The app is loaded in the master and the workers forked from it (`--preload`) only
     when there are several: then they share the master's copy of the code. A single
     worker copies the master's pages as it runs (reference counts, objects put in the
-    gaps of the master's pools), so both would hold the app: the token service grew
-    from 70 to 82 MB after some work, against 68 to 69 MB with the master holding
-    gunicorn alone (docs/BENCHMARKS.md).
+    gaps of the master's pools), so both would hold the app, where a master holding
+    gunicorn alone costs little (docs/BENCHMARKS.md).
     """
     return ["--workers", str(workers), *(["--preload"] if workers > 1 else [])]
+
+
+# The policy service answers every request that reaches Orthanc, from memory: an event
+# loop per worker (services/policy_service/asgi.py says why). The other two wait on
+# bcrypt and Redis, which release the GIL: threads keep a worker busy while one waits.
+WORKER_CLASSES = {
+    "policy": "services.policy_service.asgi.PolicyWorker",
+    "token": "gthread",
+    "login": "gthread",
+}
 
 
 def _gunicorn(
@@ -133,6 +142,7 @@ def _gunicorn(
     return (
         f"{project_dir / '.venv' / 'bin' / 'gunicorn'} "
         f"-c {project_dir / 'infra' / 'gunicorn.conf.py'} "
+        f"--worker-class {WORKER_CLASSES[service]} "
         f"--bind 127.0.0.1:{port} {' '.join(gunicorn_workers(workers))} --name zhiva-{service} "
         f"'services.{service}_service:{factory}()'"
     )

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -30,10 +31,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from infra import console
 from infra.dicom_ca import ensure_dicom_ca
-from services.shared.passwords import hash_password, weak_password_reason
-from services.shared.settings import DEFAULTS, Settings, load_settings, raw_values
-from services.shared.tokens import MIN_KEY_BITS
+from services.domain.passwords import hash_password, weak_password_reason
+from services.domain.tokens import MIN_KEY_BITS
+from services.settings import DEFAULTS, Settings, load_settings, raw_values
 
 CERTIFICATE_DAYS = 825  # the longest validity browsers accept for a self-signed server cert
 # Internal ports and settings written into a new .env (their current values).
@@ -51,8 +53,7 @@ class SetupError(RuntimeError):
     """Set-up cannot go on; the message tells the user what to do."""
 
 
-def say(message: str) -> None:
-    print(f"setup: {message}", flush=True)
+say = partial(console.say, prefix="setup: ")
 
 
 # The system user the stack's processes run as when root starts it (README: Running as root).

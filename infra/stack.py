@@ -25,16 +25,17 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from services.shared.schema import upgrade
-from services.shared.settings import (
+from services.settings import (
     DEFAULTS,
     PROJECT_DIR,
     Settings,
     SettingsError,
     load_settings,
 )
+from services.stores.schema import upgrade
 
 from . import containers
+from .console import say
 from .containers import ContainerError
 from .render import VENV_BIN, Layout, passed_knobs, programs, render_native
 from .setup import ServiceUser, SetupError, ensure_service_user, share_secrets
@@ -48,10 +49,6 @@ SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 class StackError(RuntimeError):
     """The stack cannot do what was asked; the message says why and where to look."""
-
-
-def say(message: str, end: str = "\n") -> None:
-    print(message, end=end, flush=True)
 
 
 def supervisorctl(
@@ -592,7 +589,10 @@ def running_settings() -> Settings:
     knobs = Layout(settings.state_dir).conf_dir / KNOBS_FILE
     record = containers.read_record(settings)
     if record:
-        return load_settings(dict(record.get("knobs") or {}), require_secrets=False)
+        knobs_used = record.get("knobs")
+        return load_settings(
+            knobs_used if isinstance(knobs_used, dict) else {}, require_secrets=False
+        )
     if not knobs.exists():
         return settings
     return load_settings(json.loads(knobs.read_text()), require_secrets=False)

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from infra.setup import ensure_setup
-from services.shared.schema import upgrade
-from services.shared.settings import PROJECT_DIR
+from services.settings import PROJECT_DIR
+from services.stores.schema import upgrade
 from tests.support.redis_server import RedisServer
 from tests.support.stack import ContainerStack, Stack
 

@@ -18,7 +18,7 @@ from infra.render import (
     programs,
     render_compose,
 )
-from services.shared.settings import DEFAULTS, load_settings
+from services.settings import DEFAULTS, load_settings
 
 
 def test_committed_file_is_what_the_templates_render():

@@ -17,7 +17,7 @@ from infra.containers import (
     host_mirrors,
     project_name,
 )
-from services.shared.settings import load_settings
+from services.settings import load_settings
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 

@@ -22,7 +22,7 @@ import pytest
 
 from infra.containers import SERVICES, find_engine, native_versions, wait_ready
 from infra.render import COMPOSE_FILE
-from services.shared.settings import PROJECT_DIR
+from services.settings import PROJECT_DIR
 from tests.support.dicomweb import access_token, dicomweb, wheel_dataset
 from tests.support.processes import free_port, wait_until
 from tests.support.stack import ContainerStack

@@ -1,4 +1,4 @@
-"""Real DICOM clients end to end (issue 7): dicomweb-client, an OHIF-shaped viewer, pynetdicom.
+"""Real DICOM clients end to end: dicomweb-client, an OHIF-shaped viewer, pynetdicom.
 
 Everything goes through the stack as a user runs it: DICOMweb through nginx
 (TLS, auth_request, `/zhiva/pacs`) with a bearer access token, DICOM over

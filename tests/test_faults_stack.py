@@ -25,10 +25,10 @@ import requests
 from sqlalchemy import text
 
 from infra.setup import _tls_certificate
-from services.shared.accounts import find_user, identity
-from services.shared.auth_tokens import issue_auth_token
-from services.shared.revocation import MAX_LAG_SECONDS, RevocationStore
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.auth_tokens import issue_auth_token
+from services.domain.tokens import TokenCodec, TokenKind
+from services.stores.accounts import find_user, identity
+from services.stores.revocation import MAX_LAG_SECONDS, RevocationStore
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.processes import wait_until
 from tests.support.stack import Stack

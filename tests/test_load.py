@@ -29,9 +29,9 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from services.shared.accounts import identity
-from services.shared.auth_tokens import issue_auth_token
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.auth_tokens import issue_auth_token
+from services.domain.tokens import TokenCodec, TokenKind
+from services.stores.accounts import identity
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.dicom import sample_file
 from tests.support.stack import Stack

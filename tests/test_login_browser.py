@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.tokens import TokenCodec, TokenKind
 from tests.browser.chromium import chromium_browser
 from tests.browser.viewer import RETURN_PARAMS, ViewerPage
 

@@ -14,13 +14,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from services.domain.auth_tokens import auth_token_claims
+from services.domain.tokens import TokenKind
 from services.login_service import create_app
-from services.shared.accounts import save_user, set_disabled
-from services.shared.auth_tokens import auth_token_claims
-from services.shared.db import Database
-from services.shared.settings import SettingsError, load_settings
-from services.shared.tokens import TokenKind
-from services.shared.web import DATABASE_DOWN, resources
+from services.settings import SettingsError, load_settings
+from services.stores.accounts import save_user, set_disabled
+from services.stores.db import Database
+from services.web.app import DATABASE_DOWN, resources
 from tests.support.apps import closing
 
 BASE_URL = "https://localhost"

@@ -8,6 +8,7 @@ test_policy_orthanc.py).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -23,26 +24,26 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from werkzeug.test import Client
 
+from services.access.permissions import (
+    SHARED_READ_METHODS,
+    Role,
+    is_shared_read,
+    readings,
+    required_role,
+)
+from services.domain.tokens import MAX_TOKEN_LENGTH, TokenCodec, TokenKind
 from services.policy_service import create_app
 from services.policy_service.decision import (
     MAX_VALIDITY_SECONDS,
     TOKEN_CACHE_ENTRIES,
     AccessRequest,
 )
-from services.policy_service.permissions import (
-    SHARED_READ_METHODS,
-    Role,
-    is_shared_read,
-    normalise_path,
-    required_role,
-)
-from services.shared.accounts import identity, revoke_all_tokens, save_user, set_disabled
-from services.shared.db import Database
-from services.shared.revocation import MAX_LAG_SECONDS, RevocationStore, redis_client
-from services.shared.schema import upgrade
-from services.shared.settings import load_settings
-from services.shared.tokens import MAX_TOKEN_LENGTH, TokenCodec, TokenKind
-from services.shared.users import UserTable
+from services.settings import load_settings
+from services.stores.accounts import identity, revoke_all_tokens, save_user, set_disabled
+from services.stores.db import Database
+from services.stores.revocation import MAX_LAG_SECONDS, RevocationStore, redis_client
+from services.stores.schema import upgrade
+from services.stores.users import UserTable
 from tests.support.processes import wait_until
 
 PASSWORD = "Str0ng-Passw0rd!"
@@ -292,7 +293,7 @@ def test_no_spelling_of_a_write_route_is_weaker(policy, route, method, path):
     [("//studies//", "/studies"), ("/a/./b/../c", "/a/c"), ("/A%2Fb", "/a/b"), ("/", "/")],
 )
 def test_normalise_path(raw, normal):
-    assert normalise_path(raw) == normal
+    assert "/" + "/".join(readings(raw)[0]) == normal
 
 
 # --- the shared-read class nginx keys grants on ----------------------------------------------
@@ -512,7 +513,7 @@ def test_only_pacs_paths_at_nginx(policy):
     assert policy.client.get("/authorize", headers=headers).status_code == 403
 
 
-# --- the webhook contract (CONTRACT section 4) -------------------------------------------------
+# --- the webhook (docs/PROTOCOLS.md) -------------------------------------------------
 
 
 def test_webhook_validity_never_past_expiry(policy):
@@ -551,7 +552,7 @@ def test_webhook_names_the_effective_role(policy, role, expected):
         # A token that still says editor: the database's smaller role wins.
         ident = policy.users["demoted2"]
         token = policy.codec.issue(
-            TokenKind.ACCESS, type(ident)(ident.name, ident.username, True, False, ident.generation)
+            TokenKind.ACCESS, dataclasses.replace(ident, can_edit=True, is_admin=False)
         )[0]
     else:
         token = policy.token(role)
@@ -572,7 +573,7 @@ def test_webhook_names_the_effective_role(policy, role, expected):
     ],
 )
 def test_webhook_official_plugin_resource_calls(policy, level, method, role, granted):
-    """The official plugin sends level and ids without `uri` (CONTRACT section 4)."""
+    """The official plugin sends level and ids without `uri` (docs/PROTOCOLS.md)."""
     body = {
         "method": method,
         "level": level,
@@ -712,7 +713,7 @@ def test_other_paths_answer_in_the_one_error_shape(policy, method, path, status)
 
 
 def test_redis_down_denies(policy, monkeypatch):
-    from services.shared.revocation import RevocationStore, redis_client
+    from services.stores.revocation import RevocationStore, redis_client
 
     token = policy.token("admin")
     policy.engine.clear_caches()

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from services.policy_service.handoff import (
+from services.access.handoff import (
     bound_value,
     handoff_key,
     matches,
     secret_key_from,
     token_of,
 )
-from services.shared.accounts import identity
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.tokens import TokenCodec, TokenKind
+from services.stores.accounts import identity
 from tests.support.dicom import sample_file
 
 PASSWORD = "Handoff-Passw0rd!"

@@ -24,11 +24,11 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
-from services.shared.accounts import identity, save_user
-from services.shared.revocation import RevocationStore, redis_client
-from services.shared.schema import upgrade
-from services.shared.settings import load_settings
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.tokens import TokenCodec, TokenKind
+from services.settings import load_settings
+from services.stores.accounts import identity, save_user
+from services.stores.revocation import RevocationStore, redis_client
+from services.stores.schema import upgrade
 from tests.browser.chromium import chromium_browser
 from tests.support.explorer import ExplorerPage, unique_dicom
 from tests.support.orthanc import OrthancServer, PolicyServer
@@ -98,7 +98,7 @@ def pacs(config_dir: Path, redis_server: Any, tmp_path_factory: pytest.TempPathF
     policy = PolicyServer(state_dir / "policy", config)
     orthanc = OrthancServer(state_dir / "orthanc", f"{policy.url}/webhook")
     pacs = Pacs(config, policy, orthanc)
-    from services.shared.db import Database
+    from services.stores.db import Database
 
     db = Database(database_url)
     with db.session() as session:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import requests
 
+from services.domain.tokens import TokenCodec, TokenKind
 from services.policy_service.decision import MAX_VALIDITY_SECONDS
-from services.shared.accounts import identity
-from services.shared.revocation import RevocationStore
-from services.shared.tokens import TokenCodec, TokenKind
+from services.stores.accounts import identity
+from services.stores.revocation import RevocationStore
 from tests.browser.chromium import chromium_browser
 from tests.support.explorer import ExplorerPage, unique_dicom
 from tests.support.processes import wait_until
@@ -285,7 +285,7 @@ def test_policy_stopped_denies_everything_then_recovers(through, stack):
 
 @pytest.mark.browser
 def test_explorer_with_token_through_nginx(through, stack, tmp_path):
-    """CONTRACT section 3: Explorer opened with an editor's auth token uploads and browses;
+    """Explorer opened with an editor's auth token uploads and browses;
     a viewer's token browses and its upload is refused."""
     explorer = f"{stack.base_url}/zhiva/app/explorer.html"
     label = f"Browser{uuid.uuid4().hex[:8]}"

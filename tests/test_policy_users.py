@@ -1,8 +1,8 @@
-"""The user reader of the policy and login services (services/shared/users.py), and what it spares.
+"""The user reader of the policy and login services (services/stores/users.py), and what it spares.
 
 Both services read the user table through the DB-API driver, so their
 processes never load SQLAlchemy; the policy service, a plain WSGI app, not
-Flask either (issue 6: three services <= 150 MB idle).
+Flask either: their heap would sit in every process of theirs.
 Users are written here with the shared accounts code (SQLAlchemy), as the
 token service and zhiva-admin write them, on real SQLite and real PostgreSQL.
 """
@@ -21,14 +21,15 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from services.shared import accounts
-from services.shared.accounts import find_user, revoke_all_tokens, save_user, set_disabled
-from services.shared.credentials import authenticate, identity
-from services.shared.db import Database
-from services.shared.models import User
-from services.shared.schema import upgrade
-from services.shared.settings import PROJECT_DIR
-from services.shared.users import Account, UnsupportedDatabase, UserRow, UserTable
+from services.domain.credentials import authenticate, identity
+from services.domain.user import UserRecord
+from services.settings import PROJECT_DIR
+from services.stores.accounts import find_user, revoke_all_tokens, save_user, set_disabled
+from services.stores.db import Database
+from services.stores.models import User
+from services.stores.schema import upgrade
+from services.stores.users import UnsupportedDatabase, UserTable
+from tests.support.apps import signs_in
 
 PASSWORD = "Str0ng-Passw0rd!"
 
@@ -58,7 +59,14 @@ def test_reads_what_the_accounts_code_wrote(database_url, writer):
     with writer.session() as session:
         save_user(session, name="Ann", username=ann, password=PASSWORD, can_edit=True)
     users = UserTable(database_url)
-    assert users.find(ann) == UserRow(disabled=False, generation=0, can_edit=True, is_admin=False)
+
+    def rights(username: str) -> tuple[bool, int, bool, bool] | None:
+        found = users.find(username)
+        if found is None:
+            return None
+        return found.disabled, found.token_generation, found.can_edit, found.is_admin
+
+    assert rights(ann) == (False, 0, True, False)
     # The one spelling of a username, as everywhere else (upper case folds).
     assert users.find(ann.upper()) == users.find(ann)
     with writer.session() as session:
@@ -67,22 +75,22 @@ def test_reads_what_the_accounts_code_wrote(database_url, writer):
         save_user(
             session, name="Bob", username=bob, password=PASSWORD, can_edit=True, is_admin=True
         )
-    assert users.find(ann) == UserRow(disabled=True, generation=1, can_edit=True, is_admin=False)
-    assert users.find(bob) == UserRow(disabled=False, generation=0, can_edit=True, is_admin=True)
+    assert rights(ann) == (True, 1, True, False)
+    assert rights(bob) == (False, 0, True, True)
     assert users.find("nobody-policy-users") is None
     assert users.find("\u0430" + ann[1:]) is None  # Cyrillic а: not a username at all
     assert users.ping() is True
     users.close()
 
 
-def test_account_signs_in_as_the_orm_user_would(database_url, writer):
+def test_the_record_signs_in_as_the_orm_user_would(database_url, writer):
     """The login's read: the same answers from the one sign-in rule as through the ORM."""
     ann = f"ann-policy-users-{uuid.uuid4().hex[:8]}"
     with writer.session() as session:
         save_user(session, name="Ann Smith", username=ann, password=PASSWORD, can_edit=True)
         password_hash = find_user(session, ann).password_hash
     users = UserTable(database_url)
-    account = Account(
+    account = UserRecord(
         name="Ann Smith",
         username=ann,
         password_hash=password_hash,
@@ -91,22 +99,22 @@ def test_account_signs_in_as_the_orm_user_would(database_url, writer):
         is_admin=False,
         token_generation=0,
     )
-    assert users.account(ann.upper()) == account
-    assert authenticate(users.account, ann, PASSWORD) == account
+    assert users.find(ann.upper()) == account
+    assert authenticate(users.find, ann, PASSWORD) == account
     with writer.session() as session:
-        assert identity(account) == identity(accounts.authenticate(session, ann, PASSWORD))
+        assert identity(account) == identity(signs_in(session, ann, PASSWORD))
     for username, password in ((ann, "Wrong-Passw0rd!"), (None, PASSWORD), (ann, None)):
-        assert authenticate(users.account, username, password) is None
+        assert authenticate(users.find, username, password) is None
     with writer.session() as session:
         revoke_all_tokens(session, ann)
-    assert users.account(ann).token_generation == 1
+    assert users.find(ann).token_generation == 1
     with writer.session() as session:
         set_disabled(session, ann, True)
-        assert accounts.authenticate(session, ann, PASSWORD) is None
-    assert users.account(ann).disabled is True
-    assert authenticate(users.account, ann, PASSWORD) is None
-    assert users.account("nobody-policy-users") is None
-    assert users.account("\u0430" + ann[1:]) is None
+        assert signs_in(session, ann, PASSWORD) is None
+    assert users.find(ann).disabled is True
+    assert authenticate(users.find, ann, PASSWORD) is None
+    assert users.find("nobody-policy-users") is None
+    assert users.find("\u0430" + ann[1:]) is None
     users.close()
 
 
@@ -116,7 +124,7 @@ def test_missing_sqlite_file_is_an_error_not_a_new_database(tmp_path):
     with pytest.raises(sqlite3.OperationalError):  # one of users.unavailable: a 503
         users.find("ann")
     with pytest.raises(users.unavailable):
-        users.account("ann")
+        users.find("ann")
     assert users.ping() is False
     path.parent.mkdir()
     with pytest.raises(sqlite3.Error):
@@ -174,9 +182,9 @@ def _loaded(modules: set[str], package: str) -> set[str]:
 
 
 def test_policy_service_loads_neither_sqlalchemy_nor_flask(app_config):
-    """Each policy process would carry about 26 MB of heap it does not use (issue 6)."""
+    """Each policy process would carry heap it does not use (docs/BENCHMARKS.md)."""
     policy = _modules_after_create_app("policy", app_config)
-    assert "services.shared.users" in policy
+    assert "services.stores.users" in policy
     for package in ("sqlalchemy", "flask", "jinja2", "alembic"):
         assert not _loaded(policy, package), package
     # The check can fail: the token service, which writes users, loads both.
@@ -185,8 +193,17 @@ def test_policy_service_loads_neither_sqlalchemy_nor_flask(app_config):
 
 
 def test_login_service_loads_no_sqlalchemy(app_config):
-    """Each login process would carry about 19 MB of heap for one SELECT (issue 6)."""
+    """Each login process would carry SQLAlchemy's heap for one SELECT (docs/BENCHMARKS.md)."""
     login = _modules_after_create_app("login", app_config)
-    assert {"services.shared.users", "flask", "jinja2"} <= login
+    assert {"services.stores.users", "flask", "jinja2"} <= login
     for package in ("sqlalchemy", "alembic"):
         assert not _loaded(login, package), package
+
+
+def test_the_orm_model_maps_exactly_the_columns_the_record_declares(monkeypatch):
+    from services.stores import models
+
+    models._check_mapping()  # what importing the model did
+    monkeypatch.setattr(models, "USER_COLUMNS", (*models.USER_COLUMNS, "phone"))
+    with pytest.raises(RuntimeError, match="phone"):
+        models._check_mapping()

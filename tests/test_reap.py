@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.reap import group_members
-from services.shared.settings import PROJECT_DIR
+from services.settings import PROJECT_DIR
 from tests.support.processes import wait_until
 
 

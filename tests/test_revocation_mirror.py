@@ -2,7 +2,7 @@
 
 The mirror replaces one Redis call per new token on the policy's hot path, so
 what it must keep is what that call gave: every revocation seen (those made
-before it started too), within the CONTRACT's 5 seconds (here: milliseconds),
+before it started too), within the 5 seconds a revocation may take (here: milliseconds),
 and no answer at all, i.e. a deny, while Redis cannot be read.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.shared.revocation import (
+from services.stores.revocation import (
     RevocationMirror,
     RevocationStore,
     StoreUnavailable,

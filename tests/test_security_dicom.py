@@ -30,7 +30,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from infra import dicom_ca
 from infra.render import render_native
-from services.shared.settings import PROJECT_DIR, SettingsError, load_settings
+from services.settings import PROJECT_DIR, SettingsError, load_settings
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.dicom import Client, c_echo, c_find, c_get, c_move, c_store, register, unregister
 from tests.support.dicomweb import access_token, dicomweb, settle_pynetdicom, wheel_dataset

@@ -32,9 +32,9 @@ from infra.setup import (
     share_secrets,
 )
 from infra.stack import StackError, give_state_dir, supervisord_pid, unreachable
-from services.shared.db import Database
-from services.shared.schema import upgrade
-from services.shared.settings import load_settings
+from services.settings import load_settings
+from services.stores.db import Database
+from services.stores.schema import upgrade
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.dicomweb import SyntheticInstance, access_token, bearer_session
 from tests.support.processes import free_port

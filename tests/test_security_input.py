@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import text
 
-from services.shared.accounts import find_user
+from services.stores.accounts import find_user
 from tests.conftest import ADMIN_PASSWORD
 
 pytestmark = pytest.mark.stack

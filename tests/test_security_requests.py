@@ -33,16 +33,16 @@ from typing import Any
 import pytest
 import requests
 
-from services.policy_service.handoff import bound_value, handoff_key, matches, token_of
-from services.policy_service.permissions import (
+from services.access.handoff import bound_value, handoff_key, matches, token_of
+from services.access.permissions import (
     Role,
     handoff_scope,
     orthanc_path,
     overrides_method,
     required_role,
 )
-from services.shared.accounts import identity
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.tokens import TokenCodec, TokenKind
+from services.stores.accounts import identity
 from tests.support.dicom import sample_file
 from tests.support.nginx import NginxCopy, listen_on, upstream_to
 from tests.support.orthanc import OrthancServer, RecordingOrthanc
@@ -488,13 +488,13 @@ def test_auth_bodies_over_the_services_limit_are_refused_before_they_are_read(st
 
 
 class OrthancWithoutRules(OrthancServer):
-    """Our plugin, told to load a permission table that is not there."""
+    """Our plugin, told to import the shared rules from a directory that has none."""
 
     ready_status = 403
 
     def configuration(self) -> dict[str, Any]:
         config = super().configuration()
-        config["ZhivaAuthorization"]["PermissionsModule"] = str(self.directory / "missing.py")
+        config["ZhivaAuthorization"]["PythonPath"] = str(self.directory)
         return config
 
 

@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from services.login_service import create_app
-from services.shared.throttle import MAX_SLOWDOWN_SECONDS, slowdown_seconds
-from services.shared.web import resources
+from services.stores.throttle import MAX_SLOWDOWN_SECONDS, slowdown_seconds
+from services.web.app import resources
 from tests.conftest import ADMIN_PASSWORD
 from tests.test_login_service import PASSWORD, VIEWER, SignInActions
 

@@ -25,8 +25,8 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from services.shared.accounts import identity
-from services.shared.tokens import TokenCodec
+from services.domain.tokens import TokenCodec
+from services.stores.accounts import identity
 
 pytestmark = pytest.mark.stack
 
@@ -67,7 +67,7 @@ class Forger:
             "username": self.who.username,
             "canEditResource": self.who.can_edit,
             "isAdmin": self.who.is_admin,
-            "gen": self.who.generation,
+            "gen": self.who.token_generation,
         }
         if case == "jku":
             header["jku"] = "https://evil.example/jwks.json"
@@ -185,7 +185,7 @@ def test_policy_authorize_directly(stack, forger, case):
 
 @pytest.mark.parametrize("case", ["control", *CASES])
 def test_policy_webhook(stack, forger, case):
-    """CONTRACT section 4: always `200 {"granted": …}`; a forgery is never granted."""
+    """The webhook always answers `200 {"granted": …}`; a forgery is never granted."""
     token = forger.token("access", case)
     url = f"http://127.0.0.1:{stack.env['POLICY_SERVICE_PORT']}/webhook"
     body = {

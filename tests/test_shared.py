@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from services.shared.origins import OriginPolicy, parse_origin
-from services.shared.passwords import check_password, hash_password, weak_password_reason
-from services.shared.revocation import RevocationStore, redis_client
-from services.shared.settings import SettingsError, load_settings
-from services.shared.tokens import Identity, TokenCodec, TokenExpired, TokenInvalid, TokenKind
+from services.domain.origins import OriginPolicy, parse_origin
+from services.domain.passwords import check_password, hash_password, weak_password_reason
+from services.domain.tokens import TokenCodec, TokenExpired, TokenInvalid, TokenKind
+from services.domain.user import UserRecord
+from services.settings import SettingsError, load_settings
+from services.stores.revocation import RevocationStore, redis_client
 
-IDENTITY = Identity(name="Ann", username="ann", can_edit=True, is_admin=False, generation=0)
+IDENTITY = UserRecord(
+    name="Ann",
+    username="ann",
+    password_hash="",
+    can_edit=True,
+    is_admin=False,
+    disabled=False,
+    token_generation=0,
+)
 
 
 @pytest.fixture

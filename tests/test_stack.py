@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from infra.reap import group_members
-from services.shared.accounts import identity
-from services.shared.settings import PROJECT_DIR
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.tokens import TokenCodec, TokenKind
+from services.settings import PROJECT_DIR
+from services.stores.accounts import identity
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.dicom import c_echo, c_store, register, sample_file, tls_context
 from tests.support.dicomweb import SyntheticInstance, access_token, bearer_session

@@ -1,4 +1,4 @@
-"""The token service's JSON API (CONTRACT section 2) against real Redis and a real database.
+"""The token service's JSON API against real Redis and a real database.
 
 Every row of the contract for /auth/generate-token, /auth/generate-access-token
 and /auth/refresh-token, success and each error string; token claims, headers
@@ -22,16 +22,16 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 from werkzeug.test import Client
 
+from services.domain.auth_tokens import auth_token_claims
+from services.domain.passwords import STRONG_PASSWORD_RULE, hash_password
+from services.domain.tokens import TokenCodec, TokenKind
 from services.policy_service import create_app as create_policy_app
-from services.shared.accounts import authenticate, find_user, identity, revoke_all_tokens
-from services.shared.auth_tokens import auth_token_claims
-from services.shared.models import User
-from services.shared.passwords import STRONG_PASSWORD_RULE, hash_password
-from services.shared.tokens import TokenCodec, TokenKind
-from services.shared.web import Resources
+from services.stores.accounts import find_user, identity, revoke_all_tokens
+from services.stores.models import User
 from services.token_service import create_app
+from services.web.app import Resources
 from tests.conftest import ADMIN_PASSWORD
-from tests.support.apps import closing
+from tests.support.apps import closing, signs_in
 
 USER_PASSWORD = "User-Passw0rd!"
 ALLOWED = "https://viewer.zhiva.ai"
@@ -164,7 +164,7 @@ def test_generate_token_creates_user_and_answers_auth_token(app, client):
     assert claims["canEditResource"] is True and "aud" not in claims
     assert response.headers["Cache-Control"] == "no-store"
     with zhiva(app).db.session() as session:
-        user = authenticate(session, "ann", USER_PASSWORD)
+        user = signs_in(session, "ann", USER_PASSWORD)
         assert user is not None and user.can_edit and not user.is_admin
 
 
@@ -179,8 +179,8 @@ def test_generate_token_overwrites_existing_user_keeping_admin_flag(app, client,
     claims = claims_of(response.get_json()["token"])
     assert claims["canEditResource"] is False and claims["isAdmin"] is True
     with zhiva(app).db.session() as session:
-        assert authenticate(session, "ann", USER_PASSWORD) is None
-        user = authenticate(session, "ann", new_password)
+        assert signs_in(session, "ann", USER_PASSWORD) is None
+        user = signs_in(session, "ann", new_password)
         assert user.name == "Ann Renamed" and user.is_admin and not user.can_edit
 
 
@@ -234,7 +234,7 @@ def test_wrong_admin_password_is_refused_before_the_user_is_looked_up(app, clien
             {"message": "Invalid admin password"},
         )
     with zhiva(app).db.session() as session:
-        assert authenticate(session, "ann", USER_PASSWORD) is not None  # untouched
+        assert signs_in(session, "ann", USER_PASSWORD) is not None  # untouched
 
 
 @pytest.mark.parametrize(
@@ -607,7 +607,7 @@ def test_refused_origin_does_not_burn_the_auth_token(client, users):
         )
         assert response.status_code == 403
         assert "Access-Control-Allow-Origin" not in response.headers or origin == OTHER_ALLOWED
-    # Without an Origin (a script) a bound token is judged without it (CONTRACT section 3).
+    # Without an Origin (a script) a bound token is judged without it (README, SECURITY.md).
     assert client.post("/auth/generate-access-token", headers=bearer(auth)).status_code == 200
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from services.shared.accounts import authenticate, find_user, identity
-from services.shared.admin_cli import main
-from services.shared.passwords import STRONG_PASSWORD_RULE
-from services.shared.tokens import TokenKind
+from services.admin.cli import main
+from services.domain.passwords import STRONG_PASSWORD_RULE
+from services.domain.tokens import TokenKind
+from services.stores.accounts import find_user, identity
 from services.token_service import create_app
-from tests.support.apps import closing
+from tests.support.apps import closing, signs_in
 
 PASSWORD = "Cli-Passw0rd!"
 NEW_PASSWORD = "Newer-Passw0rd!"
@@ -74,7 +74,7 @@ def test_create_list_and_authenticate(app, cli):
     assert lines[2].split()[:3] == ["root", "admin", "enabled"]
     assert PASSWORD not in listing.output and "$2b$" not in listing.output
     with app.extensions["zhiva"].db.session() as session:
-        assert authenticate(session, "ann", PASSWORD).can_edit
+        assert signs_in(session, "ann", PASSWORD).can_edit
 
 
 def test_create_user_prompts_for_the_password_twice(app, cli):
@@ -82,7 +82,7 @@ def test_create_user_prompts_for_the_password_twice(app, cli):
     assert result.exit_code == 0, result.output
     assert STRONG_PASSWORD_RULE in result.output and PASSWORD not in result.output
     with app.extensions["zhiva"].db.session() as session:
-        assert not authenticate(session, "ann", PASSWORD).can_edit  # --read-only by default
+        assert not signs_in(session, "ann", PASSWORD).can_edit  # --read-only by default
 
 
 @pytest.mark.parametrize(
@@ -139,8 +139,8 @@ def test_reset_disable_enable_and_revoke_stop_old_tokens(app, cli):
     assert result.exit_code == 0 and "its tokens are revoked" in result.output
     assert redeem(before) == 403
     with app.extensions["zhiva"].db.session() as session:
-        assert authenticate(session, "ann", PASSWORD) is None
-        assert authenticate(session, "ann", NEW_PASSWORD) is not None
+        assert signs_in(session, "ann", PASSWORD) is None
+        assert signs_in(session, "ann", NEW_PASSWORD) is not None
 
     kept = auth_token()
     assert (
@@ -169,7 +169,7 @@ def test_reset_disable_enable_and_revoke_stop_old_tokens(app, cli):
     assert "disabled" in cli("list-users").output
     assert redeem(pending) == 403
     with app.extensions["zhiva"].db.session() as session:
-        assert authenticate(session, "ann", PASSWORD) is None
+        assert signs_in(session, "ann", PASSWORD) is None
 
     assert cli("enable-user", "ann").exit_code == 0
     assert not user(app, "ann").disabled

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import requests
 
-from services.shared.accounts import identity
-from services.shared.auth_tokens import auth_token_claims
-from services.shared.db import Database
-from services.shared.models import User
-from services.shared.settings import load_settings
-from services.shared.tokens import Identity, TokenCodec, TokenKind
+from services.domain.auth_tokens import auth_token_claims
+from services.domain.tokens import TokenCodec, TokenKind
+from services.domain.user import UserRecord
+from services.settings import load_settings
+from services.stores.accounts import identity
+from services.stores.db import Database
+from services.stores.models import User
 from tests.support.processes import free_port, start_gunicorn, wait_until
 
 CONCURRENT = 50
@@ -62,7 +63,7 @@ def gunicorn(app_config, tmp_path):
         log.close()
 
 
-def _seed_user(settings: Any, username: str, *, can_edit: bool) -> Identity:
+def _seed_user(settings: Any, username: str, *, can_edit: bool) -> UserRecord:
     """A user row written straight to the database (no bcrypt: these tests never sign in)."""
     database = Database(settings.database_url)
     try:

@@ -13,20 +13,20 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from services.shared.accounts import (
+from services.domain.tokens import TokenKind
+from services.stores.accounts import (
     AccountError,
-    authenticate,
     find_user,
     revoke_all_tokens,
     save_user,
     set_disabled,
 )
-from services.shared.db import Database
-from services.shared.models import User
-from services.shared.schema import upgrade
-from services.shared.tokens import TokenKind
+from services.stores.db import Database
+from services.stores.models import User
+from services.stores.schema import upgrade
 from services.token_service import create_app
 from tests.conftest import ADMIN_PASSWORD
+from tests.support.apps import signs_in
 
 PASSWORD = "Model-Passw0rd!"
 
@@ -75,9 +75,9 @@ def test_save_find_authenticate_and_overwrite(db, username):
         assert not user.disabled and user.token_generation == 0
         assert user.created_at is not None and user.updated_at is not None
         assert user.password_hash.startswith("$2b$12$")
-        assert authenticate(session, username.upper(), PASSWORD).id == created_id
-        assert authenticate(session, username, "Wrong-Passw0rd!") is None
-        assert authenticate(session, "nobody-" + username, PASSWORD) is None
+        assert signs_in(session, username.upper(), PASSWORD).id == created_id
+        assert signs_in(session, username, "Wrong-Passw0rd!") is None
+        assert signs_in(session, "nobody-" + username, PASSWORD) is None
     with db.session() as session:
         again = save_user(
             session, name="Ann Renamed", username=username, password=PASSWORD, is_admin=True
@@ -123,11 +123,11 @@ def test_disable_and_revoke(db, username):
         assert revoke_all_tokens(session, username).token_generation == 1
         set_disabled(session, username, True)
     with db.session() as session:
-        assert authenticate(session, username, PASSWORD) is None  # disabled
+        assert signs_in(session, username, PASSWORD) is None  # disabled
         assert find_user(session, username).token_generation == 1
         set_disabled(session, username, False)
     with db.session() as session:
-        assert authenticate(session, username, PASSWORD) is not None
+        assert signs_in(session, username, PASSWORD) is not None
 
 
 @pytest.mark.parametrize(

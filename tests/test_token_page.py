@@ -11,13 +11,13 @@ import re
 
 import pytest
 
-from services.shared.accounts import authenticate, find_user, identity, save_user
-from services.shared.models import User
-from services.shared.passwords import STRONG_PASSWORD_RULE
-from services.shared.tokens import TokenKind
+from services.domain.passwords import STRONG_PASSWORD_RULE
+from services.domain.tokens import TokenKind
+from services.stores.accounts import find_user, identity, save_user
+from services.stores.models import User
 from services.token_service import create_app
 from tests.conftest import ADMIN_PASSWORD
-from tests.support.apps import closing
+from tests.support.apps import closing, signs_in
 from tests.test_token_api import bearer, policy_grants, redeemed, refreshes
 
 USER_PASSWORD = "User-Passw0rd!"
@@ -139,7 +139,7 @@ def test_create_user_flow_ends_with_the_token_its_expiry_and_a_copy_button(app, 
     assert "It expires on" in visible(response) and "(in 24 hours)" in page
     assert response.headers["Cache-Control"] == "no-store"
     with app.extensions["zhiva"].db.session() as session:
-        assert authenticate(session, "ann", USER_PASSWORD).can_edit
+        assert signs_in(session, "ann", USER_PASSWORD).can_edit
 
     # The step is done: nothing is pending, so no second token from a reload.
     assert get(client, "/auth/token/confirm").status_code == 303
@@ -179,8 +179,8 @@ def test_a_replayed_session_cookie_cannot_confirm_twice(app, client):
     assert "already used" in text(replay) and "<textarea" not in text(replay)
     # The refused replay wrote nothing: the first password stands, its token still works.
     with app.extensions["zhiva"].db.session() as session:
-        assert authenticate(session, "ann", other) is None
-        assert authenticate(session, "ann", USER_PASSWORD) is not None
+        assert signs_in(session, "ann", other) is None
+        assert signs_in(session, "ann", USER_PASSWORD) is not None
     redeemed(client, page_token(first))
 
 
@@ -202,7 +202,7 @@ def test_overwrite_flow_says_the_user_exists_and_keeps_admin_flag(app, client):
     assert "username ann already exists" in page and "read only" in page
     assert confirm(client).status_code == 200
     with app.extensions["zhiva"].db.session() as session:
-        user = authenticate(session, "ann", USER_PASSWORD)
+        user = signs_in(session, "ann", USER_PASSWORD)
         assert user.name == "Ann Example" and user.is_admin and not user.can_edit
 
 

@@ -1,4 +1,4 @@
--- POST /webhook as Orthanc's plugin sends it (CONTRACT section 4); tokens rotate per request.
+-- POST /webhook as Orthanc's plugin sends it (docs/PROTOCOLS.md); tokens rotate per request.
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 require "common"
 

@@ -7,5 +7,5 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # The Orthanc-side plugin and the modules it shares with the policy service (stdlib only).
 COPY infra/orthanc /app/infra/orthanc
-COPY services/policy_service/permissions.py services/policy_service/handoff.py /app/services/policy_service/
+COPY services/access/permissions.py services/access/handoff.py /app/services/policy_service/
 WORKDIR /app

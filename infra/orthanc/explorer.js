@@ -1,6 +1,6 @@
 // Added to Orthanc Explorer by infra/orthanc/plugin.py (ExtendOrthancExplorer).
 // Opened with ?token=..., Explorer sends the token with every request it makes
-// (CONTRACT section 3), also after it navigates to explorer.html without the query:
+// (README.md: Orthanc Explorer), also after it navigates to explorer.html without the query:
 // the token is kept in sessionStorage for this tab. Explorer 1.10 copies ?token= into
 // $.ajaxSetup headers itself, but only on the page load that has it.
 (function () {

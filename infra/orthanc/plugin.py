@@ -4,7 +4,7 @@ Loaded by orthanc-python (Debian's system Python 3.11, standard library
 only). For each incoming request the filter finds the token (GET argument
 `token` on GET requests, header `token`, `Authorization: Bearer`), maps the
 URI to a level and identifiers the way the official Authorization plugin does,
-and POSTs CONTRACT section 4's JSON to the policy service's webhook, adding
+and POSTs its JSON (docs/PROTOCOLS.md) to the policy service's webhook, adding
 `uri`, `origin` and `ip` so the service judges the exact path. A grant is
 cached for its `validity` (never past the token's `exp`); a slow, absent or
 nonsensical webhook is a deny. Static Orthanc Explorer files pass unchecked.
@@ -15,14 +15,15 @@ Configuration, section "ZhivaAuthorization" of Orthanc's JSON:
   TimeoutSeconds  webhook timeout, default 2
   MaxValidity     upper bound on a cached grant in seconds, default 2
   CacheEntries    cached answers kept, default 20000
-  PermissionsModule  the policy service's permissions.py (standard library only),
-                  default ../../services/policy_service/permissions.py from this file
+  PythonPath      the project directory, where the package `services.access`
+                  (standard library only) is imported from; default two levels
+                  above this file
 
-Without the permission table and handoff.py the plugin denies every request
-and says so in Orthanc's log.
+Without that package the plugin denies every request and says so in
+Orthanc's log.
 
 Requests nginx already decided (auth_request) carry `X-Zhiva-Decided`, an
-HMAC (key from `.env`'s SECRET_KEY, services/policy_service/handoff.py) of
+HMAC (key from `.env`'s SECRET_KEY, services/access/handoff.py) of
 the decided method, path and token. A request passes on it only when it binds
 the method Orthanc runs, the path as Orthanc read it and the token found here;
 anything else (a method override, a path Orthanc reads differently, another
@@ -39,30 +40,29 @@ request the cached role does not allow still goes to the webhook.
 Each Orthanc HTTP thread keeps its Python thread state between requests
 (`ThreadStates`): orthanc-python enters Python with PyGILState_Ensure and
 leaves with PyGILState_Release, which would create and destroy a thread state
-on every request, an mmap and a munmap each, in a process of some 60 threads.
-That alone halved what Orthanc serves from two connections up (issue 6,
-docs/BENCHMARKS.md).
+on every request, an mmap and a munmap each, in a process of some 60 threads
+(what that costs: docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
-import importlib.util
+import importlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections import OrderedDict
+from typing import Any
 from urllib.parse import urlsplit
 
 import orthanc
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_POLICY_DIR = os.path.join(_HERE, "..", "..", "services", "policy_service")
-_PERMISSIONS = os.path.join(_POLICY_DIR, "permissions.py")
-_HANDOFF = os.path.join(_POLICY_DIR, "handoff.py")
+_PROJECT_DIR = os.path.dirname(os.path.dirname(_HERE))
 # Added to Orthanc Explorer: sends the `?token=` of the page with every request.
 EXPLORER_JS = os.path.join(_HERE, "explorer.js")
 
@@ -88,23 +88,20 @@ def _log(message: str) -> None:
     orthanc.LogWarning("ZhivaAuthorization: " + message)
 
 
-def load_module(name: str, path: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class SharedRules:
-    """The policy service's permission table and handoff rule, the same files it runs.
+    """The policy service's permission table and handoff rule: the package it runs itself.
 
-    Without them the plugin cannot tell what a request needs nor check nginx's
-    word: `_install` then denies every request, saying so in Orthanc's log.
+    Imported from the project directory (Orthanc's Python is not the project's
+    virtualenv; the package needs nothing but the standard library). Without it
+    the plugin cannot tell what a request needs nor check nginx's word: `_install`
+    then denies every request, saying so in Orthanc's log.
     """
 
-    def __init__(self, permissions_path: str) -> None:
-        self.permissions = load_module("zhiva_permissions", permissions_path)
-        self.handoff = load_module("zhiva_handoff", _HANDOFF)
+    def __init__(self, python_path: str) -> None:
+        if python_path not in sys.path:
+            sys.path.insert(0, python_path)
+        self.permissions = importlib.import_module("services.access.permissions")
+        self.handoff = importlib.import_module("services.access.handoff")
         self.permissions.required_role("GET", "/system")  # fails here, not on a request
         secret = self.handoff.secret_key_from(os.environ.get("CONFIG_DIR"))
         # Without SECRET_KEY nothing is taken on nginx's word: every request is judged here.
@@ -128,7 +125,7 @@ class Settings:
         self.timeout = float(section.get("TimeoutSeconds", 2))
         self.max_validity = float(section.get("MaxValidity", 2))
         self.cache_entries = int(section.get("CacheEntries", 20000))
-        self.rules = SharedRules(section.get("PermissionsModule") or _PERMISSIONS)
+        self.rules = SharedRules(section.get("PythonPath") or _PROJECT_DIR)
         self.permissions = self.rules.permissions
         root = ((configuration.get("DicomWeb") or {}).get("Root") or "/dicom-web/").rstrip("/")
         self.dicomweb = re.compile(
@@ -168,7 +165,7 @@ class Webhook:
             connection.close()
 
     def ask(self, body: dict) -> tuple[bool, float, str | None]:
-        """(granted, validity, role); a deny unless the answer is exactly what CONTRACT §4 says."""
+        """(granted, validity, role); a deny unless the answer is exactly the webhook's shape."""
         denied = (False, 0.0, None)
         if not self.settings.host:
             return denied
@@ -249,7 +246,7 @@ def token_expiry(token: str) -> float | None:
 def find_token(
     rules: SharedRules, method: str, headers: dict, get: dict
 ) -> tuple[str | None, str | None]:
-    """(token-key, token-value) per CONTRACT section 4, or (None, None): the order nginx's
+    """(token-key, token-value) of the webhook's JSON, or (None, None): the order nginx's
     check reads them in (handoff.token_of)."""
     header = str(headers.get("token") or "").strip()
     query = str(get.get("token") or "").strip() if method == "get" else ""
@@ -295,6 +292,7 @@ class ThreadStates:
 
     def __init__(self) -> None:
         self._local = threading.local()  # lives in the thread state: set once it is kept
+        self._ensure: Any = None
         try:
             import ctypes  # here: a Python without _ctypes still runs the filter
 
@@ -303,7 +301,6 @@ class ThreadStates:
             self._ensure.argtypes = []
         except (ImportError, AttributeError, OSError) as error:
             _log(f"Python's C API not reachable ({error!r}): a thread state per request")
-            self._ensure = None
 
     def keep(self) -> None:
         if self._ensure is not None and not getattr(self._local, "kept", False):
@@ -349,7 +346,7 @@ class Authorizer:
         if value and self.settings.rules.decided_by_nginx(method, uri, token, value):
             return True
         if not token:
-            return False  # every route but the static files needs a token (CONTRACT §4)
+            return False  # every route but the static files needs a token
         origin = headers.get("origin")
         query = tuple(sorted(get.items())) if method == "get" else ()
         key = (token, origin, method, uri, query)

@@ -1,8 +1,8 @@
 """The login service: /auth/sign-in, which sends the viewer back with a one-off auth token.
 
-It only reads users, through the database driver (services/shared/users.py),
-so no login process loads SQLAlchemy (issue 6: memory;
-tests/test_policy_users.py checks it stays so).
+It only reads users, through the database driver (services/stores/users.py),
+so no login process carries SQLAlchemy's heap (tests/test_policy_users.py
+checks it stays so).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
-from services.shared.cors import enable_cors
-from services.shared.settings import SettingsError
-from services.shared.throttle import MAX_SLOWDOWN_SECONDS, SLOWDOWN_STEP_SECONDS, Throttle
-from services.shared.users import UserTable
-from services.shared.web import create_service_app
+from services.settings import SettingsError
+from services.stores.throttle import MAX_SLOWDOWN_SECONDS, SLOWDOWN_STEP_SECONDS, Throttle
+from services.stores.users import UserTable
+from services.web.app import create_service_app
+from services.web.cors import enable_cors
 
 from .signin import SignIn
 

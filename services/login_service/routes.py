@@ -1,4 +1,4 @@
-"""Routes of the login service (CONTRACT section 2): parse the request, shape the answer.
+"""Routes of the login service: parse the request, shape the answer.
 
 The decisions live in `signin.py`; this module turns its errors into HTML
 pages (the browser flow) or the `{"message": …}` JSON shape (the API).
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
 from flask_wtf.csrf import CSRFError
+from werkzeug.wrappers import Response as BaseResponse
 
-from services.shared.auth_tokens import issue_auth_token
-from services.shared.revocation import StoreUnavailable
-from services.shared.web import error, resources
+from services.domain.auth_tokens import issue_auth_token
+from services.stores.revocation import StoreUnavailable
+from services.web.app import error, resources
 
 from .forms import SignInForm
 from .signin import (
@@ -93,7 +94,7 @@ def sign_in_page() -> Response:
 
 
 @blueprint.post("/auth/sign-in")
-def sign_in() -> Response:
+def sign_in() -> BaseResponse:
     form = SignInForm()
     return_uri = check_return_uri(form.return_uri.data, resources().origins)
     return_params = parse_response_type(form.response_type.data)
@@ -113,9 +114,9 @@ def sign_in() -> Response:
     res = resources()
     token, _claims = issue_auth_token(res.codec, res.settings, who, audience=return_uri.audience)
     log.info("user %s signed in for %s", who.username, return_uri.audience)
-    response = redirect(redirect_location(return_uri, token, return_params), code=302)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    redirected = redirect(redirect_location(return_uri, token, return_params), code=302)
+    redirected.headers["Cache-Control"] = "no-store"
+    return redirected
 
 
 def _fresh(form: SignInForm) -> SignInForm:
@@ -146,9 +147,9 @@ def sign_user() -> Response:
         return error(str(blocked), 429, {"Retry-After": str(blocked.retry_after)})
     res = resources()
     token, _claims = issue_auth_token(res.codec, res.settings, who, audience=return_uri.audience)
-    response = current_app.json.response(token=token)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    answer = jsonify(token=token)
+    answer.headers["Cache-Control"] = "no-store"
+    return answer
 
 
 @blueprint.errorhandler(BadReturnUri)

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from services.shared.credentials import authenticate, identity
-from services.shared.names import normalise_username
-from services.shared.origins import Origin, OriginPolicy, parse_origin
-from services.shared.throttle import (
+from services.domain.credentials import authenticate
+from services.domain.names import normalise_username
+from services.domain.origins import Origin, OriginPolicy, parse_origin
+from services.domain.user import UserRecord
+from services.stores.throttle import (
     MAX_SLOWDOWN_SECONDS,
     SLOWDOWN_STEP_SECONDS,
     Throttle,
     address_key,
     slowdown_seconds,
 )
-from services.shared.tokens import Identity
-from services.shared.users import UserTable
+from services.stores.users import UserTable
 
 MAX_RETURN_URI_LENGTH = 2048
 MAX_RESPONSE_TYPE_LENGTH = 4096
@@ -123,7 +123,7 @@ def parse_response_type(raw: object) -> dict[str, Any]:
 
 
 def redirect_location(return_uri: ReturnUri, token: str, return_params: dict[str, Any]) -> str:
-    """`return_uri?token=…&state=…` (CONTRACT section 2), keeping the address's own query.
+    """`return_uri?token=…&state=…`, keeping the address's own query.
 
     The state is JSON `{"context":"zhiva_auth","state":"","params":returnParams}`;
     every parameter is percent-encoded (spaces as %20), the fragment stays last.
@@ -180,7 +180,7 @@ class SignIn:
 
     def authenticate(
         self, username: object, password: object, client_address: str | None
-    ) -> Identity:
+    ) -> UserRecord:
         pair, address = throttle_keys(username, client_address)
         # An address over its limit is refused even the right password: else guessing goes on.
         wait = self.address_throttle.retry_after(address)
@@ -191,7 +191,7 @@ class SignIn:
         delay = self.delay(self.pair_throttle.count(pair))
         if delay:
             time.sleep(delay)
-        user = authenticate(self.users.account, username, password)
+        user = authenticate(self.users.find, username, password)
         if user is None:
             self.pair_throttle.failed(pair)
             self.address_throttle.failed(address)
@@ -199,4 +199,4 @@ class SignIn:
         # Only the pair's counter is cleared: clearing the address's would let one valid
         # account reset the counter of a client guessing at other accounts.
         self.pair_throttle.clear(pair)
-        return identity(user)
+        return user

@@ -2,14 +2,16 @@
 
 from alembic import context
 
-from services.shared.db import make_engine
-from services.shared.models import Base
+from services.stores.db import make_engine
+from services.stores.models import Base
 
 config = context.config
 
 
 def run_migrations() -> None:
     url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("alembic: sqlalchemy.url is not set (services/stores/schema.py sets it)")
     if context.is_offline_mode():
         context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
         with context.begin_transaction():

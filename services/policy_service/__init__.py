@@ -3,7 +3,7 @@
 A plain WSGI application, not Flask like the token and login services: its
 three endpoints (routes.py) need none of Flask, and neither Flask nor
 SQLAlchemy is loaded, so every policy process (gunicorn's master and one
-worker per core) carries about 26 MB less heap (issue 6, docs/BENCHMARKS.md;
+worker per core) carries neither heap (docs/BENCHMARKS.md has the figures;
 tests/test_policy_users.py checks it stays so). gunicorn serves it through
 `create_asgi_app()` on uvicorn workers (asgi.py says why); the tests drive
 the WSGI application `create_app()` returns.
@@ -15,15 +15,15 @@ import gc
 from collections.abc import Iterable
 from typing import Any
 
-from services.shared.revocation import RevocationMirror
-from services.shared.settings import Settings, load_settings
-from services.shared.tokens import TokenCodec
-from services.shared.users import UserTable
+from services.access.handoff import handoff_key
+from services.domain.tokens import TokenCodec
+from services.settings import Settings, load_settings
+from services.stores.revocation import RevocationMirror
+from services.stores.users import UserTable
 
 from .asgi import ASGIApp, serve
 from .audit import AuditLog, log_to_stderr
 from .decision import PolicyEngine
-from .handoff import handoff_key
 from .routes import DecisionEndpoints, HealthEndpoint, StartResponse
 
 
@@ -57,8 +57,7 @@ class PolicyApp:
         """In each worker, before its first request: begin following the revocations."""
         self.revocations.wait_synced(timeout=1.0)
         # What is loaded by now lives as long as the worker: out of the collector's sight,
-        # so its full collections walk only what requests made. Probe (cold webhook, 32
-        # connections, two interleaved rounds of 3): about 5 % less CPU per decision.
+        # so its full collections walk only what requests made (less CPU per decision).
         gc.freeze()
 
     def close(self) -> None:

@@ -1,13 +1,12 @@
 """The policy service as gunicorn runs it: uvicorn workers, decisions right in the event loop.
 
-Under gunicorn's gthread worker a cold decision cost about 900 µs of CPU, and
-a third of it was serving, not deciding: the hand-off of each request to a
-thread pool, selectors and futures, gunicorn's HTTP parsing in Python (py-spy,
-issue 6, docs/BENCHMARKS.md). A decision no longer waits on the network
-(revocations come from the worker's RevocationMirror, users from a 2 s cache),
-so an event loop can run it inline. `PolicyWorker` is uvicorn's gunicorn
-worker on uvloop with httptools' C parser (about 10 % less CPU per decision
-than gunicorn's own asgi worker, measured side by side); `serve` turns each
+A threaded worker spends much of a decision's CPU serving, not deciding: the
+hand-off of each request to a thread pool, selectors and futures, HTTP parsing
+in Python (docs/BENCHMARKS.md). A decision waits on no network (revocations
+come from the worker's RevocationMirror, users from a 2 s cache), so an event
+loop can run it inline. `PolicyWorker` is uvicorn's gunicorn worker on uvloop
+with httptools' C parser (cheaper per decision than gunicorn's own asgi
+worker, docs/BENCHMARKS.md); `serve` turns each
 ASGI request into the few WSGI environ keys the policy's endpoints read,
 calls the same WSGI application the tests drive, synchronously, and sends
 its answer.
@@ -44,9 +43,9 @@ class _CoalescedWrites:
 
     uvicorn writes a response's status line and headers with one `write` and its
     body with another, and uvloop sends each at once: two system calls and two
-    TCP segments per webhook answer, 19 % of a policy worker's py-spy samples
-    (11 % for the one write left; issue 6, docs/BENCHMARKS.md), besides what the
-    peer (nginx, Orthanc's plugin) pays to read two segments. Here the writes of
+    TCP segments per webhook answer, a sizeable part of a policy worker's CPU
+    (docs/BENCHMARKS.md), besides what the peer (nginx, Orthanc's plugin) pays
+    to read two segments. Here the writes of
     one turn are joined and sent together when the response is complete
     (`CoalescingProtocol`) or, for anything else, when the loop gets to the
     scheduled flush. What is pending when the connection is already going

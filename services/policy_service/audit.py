@@ -4,8 +4,8 @@ Lines go to `STATE_DIR/logs/audit.log` (appended by every gunicorn worker;
 each line is written with one `write` on a file opened for appending, so lines
 do not interleave). Denies also go to the `zhiva.audit` logger, which gunicorn
 sends to the service's log (`make logs`); grants only to the file: a second
-copy of every grant cost a third of the policy service's CPU per decision
-(issue 6, docs/BENCHMARKS.md), and a grant is not what a person tails logs for.
+copy of every grant would cost a large share of the policy service's CPU per
+decision (docs/BENCHMARKS.md), and a grant is not what a person tails logs for.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.access.paths import PathRefused, orthanc_path
+
 from .decision import AccessRequest, Decision
-from .permissions import PathRefused, orthanc_path
 
 log = logging.getLogger("zhiva.audit")
 
 
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _Stderr(logging.StreamHandler):
     """Whatever sys.stderr is at the time of writing (test runners swap it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # type: ignore[no-untyped-def]
         return sys.stderr
 

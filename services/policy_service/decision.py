@@ -10,7 +10,7 @@ Every request that reaches Orthanc passes here, so the expensive parts are
 cached in-process, each for less than the 5 seconds a revocation may take:
 token verification by a digest of (token, origin) until the token's expiry, a user's
 state for USER_CACHE_SECONDS. Revocations come from the service's
-RevocationMirror (services/shared/revocation.py), at most MAX_LAG_SECONDS
+RevocationMirror (services/stores/revocation.py), at most MAX_LAG_SECONDS
 behind Redis. Callers may cache a grant for `validity` seconds on top, so the
 worst delay is the larger of those two plus MAX_VALIDITY_SECONDS.
 """
@@ -27,17 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from services.shared.revocation import StoreUnavailable
-from services.shared.tokens import (
+from services.access.permissions import Role, required_role, role_of
+from services.domain.tokens import (
     TokenCodec,
     TokenExpired,
     TokenInvalid,
     TokenKind,
     TokenMissing,
 )
-from services.shared.users import UserTable
-
-from .permissions import Role, required_role, role_of
+from services.domain.user import UserRecord
+from services.stores.revocation import StoreUnavailable
+from services.stores.users import UserTable
 
 log = logging.getLogger("zhiva.policy")
 
@@ -125,10 +125,9 @@ class Decision:
 class VerifiedToken:
     """What a decision reads from a verified token's claims, and all the cache keeps of it.
 
-    The whole claims dictionary and the token as the key made an entry about 2.3 KB (a
-    forged token of the codec's 8 KB limit, cached as refused, about 8 KB, and as much
-    again in a long Origin): 10 MB per policy worker once a few thousand viewers' tokens
-    had passed (docs/BENCHMARKS.md).
+    Only what a decision reads, and a digest as the key, so an entry's size does not grow
+    with what a client sends (a forged token up to the codec's 8 KB limit, a long Origin;
+    docs/BENCHMARKS.md).
     """
 
     username: str
@@ -162,16 +161,10 @@ def verification_key(token: str, origin: str | None) -> bytes:
     return hashlib.sha256(b"%d:" % len(token_bytes) + token_bytes + origin_bytes).digest()
 
 
-@dataclass(frozen=True)
-class UserState:
-    exists: bool
-    disabled: bool
-    generation: int
-    can_edit: bool
-    is_admin: bool
-
-
-_NO_USER = UserState(False, True, -1, False, False)
+# Cached for a username that has no user, so the policy does not ask again at once.
+_NO_USER = UserRecord(
+    "", "", "", can_edit=False, is_admin=False, disabled=True, token_generation=-1
+)
 
 
 class PolicyEngine:
@@ -192,7 +185,7 @@ class PolicyEngine:
         self._tokens: TTLCache[bytes, VerifiedToken | tuple[str, str]] = TTLCache(
             TOKEN_CACHE_ENTRIES
         )
-        self._users: TTLCache[str, UserState] = TTLCache()
+        self._users: TTLCache[str, UserRecord] = TTLCache()
 
     def clear_caches(self) -> None:
         for cache in (self._tokens, self._users):
@@ -235,11 +228,11 @@ class PolicyEngine:
             used = token.kind is TokenKind.AUTH
             return deny("auth token already redeemed" if used else "token revoked")
         state = self._user_state(user, now)
-        if not state.exists:
+        if state is _NO_USER:
             return deny("user unknown")
         if state.disabled:
             return deny("user disabled")
-        if state.generation != token.generation:
+        if state.token_generation != token.generation:
             return deny("token revoked (generation)")
         # The smaller of what the token says and what the user is now: a demotion bites at once.
         role = min(
@@ -277,14 +270,10 @@ class PolicyEngine:
             raise TokenExpired() if cached[0] == "expired" else TokenInvalid(cached[1])
         return cached
 
-    def _user_state(self, username: str, now: float) -> UserState:
+    def _user_state(self, username: str, now: float) -> UserRecord:
+        """The user as the database has it now (for USER_CACHE_SECONDS), or _NO_USER."""
         state = self._users.get(username, now)
         if state is None:
-            row = self.users.find(username)
-            state = (
-                _NO_USER
-                if row is None
-                else UserState(True, row.disabled, row.generation, row.can_edit, row.is_admin)
-            )
+            state = self.users.find(username) or _NO_USER
             self._users.put(username, state, now + USER_CACHE_SECONDS)
         return state

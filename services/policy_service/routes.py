@@ -1,9 +1,9 @@
 """The two endpoints of the policy service: the Orthanc webhook and nginx's auth_request check.
 
-Every request that reaches Orthanc passes one of them (issue 6), so they are
+Every request that reaches Orthanc passes one of them, so they are
 plain WSGI: a framework's request context and URL map would cost several
 times the decision itself, and the service loads no Flask at all (its heap
-would sit in every policy process, issue 6). They only parse the request into
+would sit in every policy process). They only parse the request into
 an `AccessRequest`, ask the one decision function, write the audit line and
 shape the answer; `/healthz` and the 404 for any other path are
 `HealthEndpoint`'s.
@@ -17,23 +17,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
+from services.access.handoff import HEADER as HANDOFF_HEADER
+from services.access.handoff import bearer, bound_value, token_of
+from services.access.paths import PACS_PREFIX, orthanc_path, split_query
+from services.access.permissions import handoff_scope, overrides_method
+
 from .audit import AuditLog
 from .decision import AccessRequest, Decision, PolicyEngine
-from .handoff import HEADER as HANDOFF_HEADER
-from .handoff import bound_value, token_of
-from .permissions import (
-    handoff_scope,
-    orthanc_path,
-    overrides_method,
-    split_query,
-)
 
 log = logging.getLogger("zhiva.policy")
 
 WEBHOOK_PATH = "/webhook"
 AUTHORIZE_PATH = "/authorize"
 HEALTH_PATH = "/healthz"
-# Werkzeug's wording, as the other services answer (services/shared/web.py).
+# Werkzeug's wording, as the other services answer (services/web/app.py).
 NOT_FOUND = (
     "The requested URL was not found on the server. If you entered the URL manually "
     "please check your spelling and try again."
@@ -46,20 +43,12 @@ WEBHOOK_LEVELS = {
     "series": "series",
     "instance": "instances",
 }
-# The public prefix nginx puts in front of Orthanc (CONTRACT section 2).
-PACS_PREFIX = "/zhiva"
 MAX_BODY = 64 * 1024
 MAX_DRAINED_BODY = 1024 * 1024
 NOT_CACHED = [("Cache-Control", "no-store"), ("X-Accel-Expires", "0")]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-def bearer(value: str | None) -> str | None:
-    if value and value[:7].lower() == "bearer ":
-        return value[7:].strip() or None
-    return None
 
 
 def _string(body: dict[str, Any], name: str) -> str | None:
@@ -165,7 +154,7 @@ class DecisionEndpoints:
         return decision
 
     def webhook(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """CONTRACT section 4: always 200 `{"granted": bool, "validity": seconds}`.
+        """Always 200 `{"granted": bool, "validity": seconds}` (docs/PROTOCOLS.md).
 
         A grant also names the token's effective `role`, so our Orthanc plugin
         can judge the same token's next requests with the same permission
@@ -253,8 +242,8 @@ def _json_body(environ: dict[str, Any]) -> Any:
 class HealthEndpoint:
     """GET /healthz (what `make up` and supervisord's checks wait for); 404 for any other path.
 
-    The same answer as the other services' `/healthz` (services/shared/web.py),
-    in the same `{"message": …}` error shape, without Flask (issue 6: memory).
+    The same answer as the other services' `/healthz` (services/web/app.py),
+    in the same `{"message": …}` error shape, without Flask (its heap).
     """
 
     def __init__(self, service: str, checks: dict[str, Callable[[], bool]]) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
-from services.shared.cors import enable_cors
-from services.shared.db import Database
-from services.shared.web import Resources, create_service_app
+from services.stores.db import Database
+from services.web.app import Resources, create_service_app
+from services.web.cors import enable_cors
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

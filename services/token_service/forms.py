@@ -6,8 +6,8 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
-from services.shared.names import MAX_NAME_LENGTH, normalise_name, normalise_username
-from services.shared.passwords import weak_password_reason
+from services.domain.names import MAX_NAME_LENGTH, normalise_name, normalise_username
+from services.domain.passwords import weak_password_reason
 
 
 def _valid_name(_form: FlaskForm, field: StringField) -> None:

@@ -13,23 +13,24 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.shared.accounts import (
+from services.domain.auth_tokens import issue_auth_token
+from services.domain.origins import OriginPolicy, parse_origin
+from services.domain.passwords import check_password
+from services.domain.tokens import TokenCodec, TokenInvalid, TokenKind, TokenMissing
+from services.domain.user import UserRecord
+from services.settings import Settings
+from services.stores.accounts import (
     AccountError,
     find_user,
     identity,
     revoke_all_tokens,
     save_user,
 )
-from services.shared.auth_tokens import issue_auth_token
-from services.shared.origins import OriginPolicy, parse_origin
-from services.shared.passwords import check_password
-from services.shared.revocation import RevocationStore
-from services.shared.settings import Settings
-from services.shared.throttle import Throttle
-from services.shared.tokens import Identity, TokenCodec, TokenInvalid, TokenKind, TokenMissing
-from services.shared.web import Resources
+from services.stores.revocation import RevocationStore
+from services.stores.throttle import Throttle
+from services.web.app import Resources
 
-# The seed's messages (CONTRACT section 2); clients compare them verbatim.
+# The old system's messages; its clients compare them verbatim.
 INVALID_ADMIN_PASSWORD = "Invalid admin password"  # noqa: S105 - a message, not a secret
 USER_EXISTS = "User already exists"
 USER_MISSING = "User doesn't exists"
@@ -147,7 +148,7 @@ class Grant:
     refresh_token: str | None = None
 
 
-def _current_identity(session: Session, claims: dict[str, Any]) -> Identity:
+def _current_identity(session: Session, claims: dict[str, Any]) -> UserRecord:
     """The user's identity now, if the token still speaks for them.
 
     The user must exist, be enabled and still be at the token's generation

@@ -28,13 +28,6 @@ def html(desc: str) -> dict[str, Any]:
 
 
 retry = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
-bearer_hdr = {
-    "Authorization": {
-        "description": "`Bearer <token>`",
-        "schema": {"type": "string", "pattern": "^Bearer \\S+$"},
-        "required": True,
-    }
-}
 auth_param = {
     "name": "Authorization",
     "in": "header",
@@ -63,7 +56,7 @@ SPEC: dict[str, Any] = {
         "version": "1.0.0",
         "description": 'The public HTTPS endpoints behind nginx. JSON errors always have the shape `{"message": ...}`. '
         "Tokens are RS256 JWTs (public keys at `/auth/.well-known/jwks.json`). Every `/zhiva/...` request is judged by the "
-        "policy service (nginx `auth_request`) before it reaches Orthanc; see CONTRACT.md sections 3-5.",
+        "policy service (nginx `auth_request`) before it reaches Orthanc; see the project's README.md and docs/PROTOCOLS.md.",
     },
     "paths": {
         "/auth/generate-token": {

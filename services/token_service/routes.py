@@ -1,7 +1,7 @@
-"""Routes of the token service (CONTRACT section 2): the admin page and the token API.
+"""Routes of the token service: the admin page and the token API.
 
 Thin: parse the request, call `grants`, shape the response. Token errors
-become 401/403 and a down Redis 503 in `services.shared.web`; `GrantRefused`
+become 401/403 and a down Redis 503 in `services.web.app`; `GrantRefused`
 becomes its status here.
 """
 
@@ -26,10 +26,10 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import IntegrityError
 
-from services.shared.accounts import find_user
-from services.shared.names import normalise_name, normalise_username
-from services.shared.revocation import StoreUnavailable
-from services.shared.web import error, log, resources
+from services.domain.names import normalise_name, normalise_username
+from services.stores.accounts import find_user
+from services.stores.revocation import StoreUnavailable
+from services.web.app import error, log, resources
 
 from . import grants
 from .forms import ConfirmForm, DetailsForm
@@ -117,7 +117,7 @@ def openapi():  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- the admin page
 
 
-def _render(template_step: str, status: int = 200, **context: Any):  # type: ignore[no-untyped-def]
+def _render(template_step: str, status: int = 200, **context: Any) -> Response:
     return make_response(render_template("token.html", step=template_step, **context), status)
 
 
@@ -126,7 +126,7 @@ def _render_details(
     message: str | None = None,
     status: int = 200,
     headers: dict[str, str] | None = None,
-):  # type: ignore[no-untyped-def]
+) -> Response:
     response = _render("details", status, form=form, message=message)
     response.headers.update(headers or {})
     return response

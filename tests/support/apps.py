@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from flask import Flask
+from sqlalchemy.orm import Session
+
+from services.domain.credentials import authenticate
+from services.stores.accounts import find_user
+from services.stores.models import User
 
 
 @contextmanager
@@ -20,3 +26,8 @@ def closing(app: Flask) -> Iterator[Flask]:
         yield app
     finally:
         app.extensions["zhiva"].close()
+
+
+def signs_in(session: Session, username: str, password: str) -> User | None:
+    """The enabled user with this password, by the services' one sign-in rule."""
+    return authenticate(partial(find_user, session), username, password)

@@ -31,13 +31,13 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage
 
-from services.shared.accounts import identity
-from services.shared.tokens import TokenCodec, TokenKind
+from services.domain.tokens import TokenCodec, TokenKind
+from services.stores.accounts import identity
 
 from .dicom import sample_file
 
 PASSWORD = "Dicom-Clients-Passw0rd!"
-# What OHIF sends for a whole instance; nginx rewrites it (CONTRACT section 2).
+# What OHIF sends for a whole instance; nginx passes it on unchanged (nginx.conf.j2 says why).
 OHIF_INSTANCE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 OHIF_FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 MULTIFRAME_GRAYSCALE_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"

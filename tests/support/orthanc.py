@@ -12,7 +12,8 @@ from typing import Any
 
 import requests
 
-from services.shared.settings import PROJECT_DIR
+from infra.render import WORKER_CLASSES
+from services.settings import PROJECT_DIR
 
 from .processes import free_port, port_open, start_gunicorn, wait_until
 
@@ -108,7 +109,10 @@ class PolicyServer:
             "services.policy_service:create_asgi_app()",
             env={**os.environ, **self.environment},
             log=self.log,
-            options=("--bind", f"127.0.0.1:{self.port}", "--workers", "2"),
+            options=(
+                *("--worker-class", WORKER_CLASSES["policy"]),
+                *("--bind", f"127.0.0.1:{self.port}", "--workers", "2"),
+            ),
         )
         wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok, 30, "policy service")
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from services.shared.settings import PROJECT_DIR
+from services.settings import PROJECT_DIR
 
 # The deployment's gunicorn settings, as supervisord passes them (infra/render.py).
 GUNICORN_SETTINGS = PROJECT_DIR / "infra" / "gunicorn.conf.py"

@@ -2,7 +2,7 @@
 
 Each policy worker follows the revocation stream (RevocationMirror): a new
 entry arrives in milliseconds, not at once. A test that revokes and then
-expects a refusal waits here for what the CONTRACT allows (5 seconds), so it
+expects a refusal waits here for the 5 seconds a revocation may take, so it
 checks the refusal, not the race.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from services.shared.revocation import RevocationStore
+from services.stores.revocation import RevocationStore
 
 from .processes import wait_until
 

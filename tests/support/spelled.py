@@ -20,7 +20,7 @@ def send_spelled(
 ) -> requests.Response:
     """`method` on `base_url + path`, the path untouched (no `..` resolution, no re-quoting).
 
-    The token travels as CONTRACT section 4 allows: `how` is "header" (`token:`),
+    The token travels as both doors read it: `how` is "header" (`token:`),
     "bearer" (`Authorization: Bearer`) or "query" (`?token=`).
     """
     headers = dict(kw.pop("headers", {}))

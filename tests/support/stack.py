@@ -27,10 +27,10 @@ import requests
 from infra.containers import container_id, find_engine
 from infra.render import CONTAINER_STATE_DIR, VENV_BIN, Layout
 from infra.setup import ServiceUser, ensure_service_user
-from services.shared.accounts import save_user
-from services.shared.db import Database
-from services.shared.models import User
-from services.shared.settings import PROJECT_DIR, Settings, load_settings
+from services.settings import PROJECT_DIR, Settings, load_settings
+from services.stores.accounts import save_user
+from services.stores.db import Database
+from services.stores.models import User
 
 from .processes import free_port
 

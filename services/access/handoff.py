@@ -13,8 +13,7 @@ A plain read (permissions.SHARED_READ_PATH) is bound to its class instead of
 its path: nginx reuses one grant for all of a token's plain reads, and so
 its value too.
 
-Plain standard library on purpose: the Orthanc plugin (Debian's Python, not
-the project's virtualenv) loads this file by path, like permissions.py.
+Standard library only (services/access/__init__.py says why).
 """
 
 from __future__ import annotations
@@ -56,6 +55,13 @@ def matches(value: str | None, expected: str) -> bool:
     return hmac.compare_digest(value.encode("utf-8", "replace"), expected.encode())
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer …` value, or None."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
 def token_of(
     header_token: str | None, authorization: str | None, query_token: str | None
 ) -> str | None:
@@ -63,8 +69,8 @@ def token_of(
     then `Authorization: Bearer`, then the `token` argument (GET only: the caller says)."""
     if header_token and header_token.strip():
         return header_token.strip()
-    if authorization and authorization[:7].lower() == "bearer " and authorization[7:].strip():
-        return authorization[7:].strip()
+    if (token := bearer(authorization)) is not None:
+        return token
     if query_token and query_token.strip():
         return query_token.strip()
     return None

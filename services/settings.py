@@ -14,13 +14,13 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 # The largest body the token and login services take (forms and JSON); nginx holds /auth/
 # to it too, so a larger one is refused before it is written anywhere.
 AUTH_MAX_BODY = 64 * 1024
 
-# Origins the old system always allowed (seed behaviour, CONTRACT section 2).
+# Origins the old system always allowed; its viewers still rely on them (README.md).
 ALWAYS_ALLOWED_ORIGINS = ("https://*.zhiva.ai", "https://localhost", "https://localhost:*")
 
 DEFAULTS: dict[str, str] = {

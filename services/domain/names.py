@@ -1,7 +1,8 @@
 """The one spelling of usernames and display names.
 
 A module of its own, free of SQLAlchemy, so the policy service can normalise
-a token's username without importing the ORM (issue 6: memory).
+a token's username without importing the ORM, whose heap every policy process
+would carry.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""The permission table of CONTRACT section 5 over normalised Orthanc paths.
+"""The permission table: which role a method on an Orthanc path needs.
 
-Plain standard library on purpose: no Flask, no project imports, so the
-table can be read (and tested) without a running service.
+Standard library only (services/access/__init__.py says why).
 
 A request is judged on every reading of its path that a server on the way
 might make (decoded and dot-resolved like nginx, read the way Orthanc's web
@@ -17,6 +16,8 @@ from __future__ import annotations
 import enum
 import re
 from urllib.parse import unquote
+
+from .paths import PathRefused, orthanc_path
 
 
 class Role(enum.IntEnum):
@@ -34,10 +35,10 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
 MAX_PATH_LENGTH = 4096
 
 RESOURCE_LEVELS = frozenset({"patients", "studies", "series", "instances"})
-# DICOMweb roots: ours (`/pacs/`, CONTRACT section 2) and the plugin's default.
+# DICOMweb roots: ours (`/pacs/`, what viewers are given) and the plugin's default.
 DICOMWEB_ROOTS = frozenset({"pacs", "dicom-web"})
 
-# Static Orthanc Explorer files (CONTRACT section 4): GET without a token.
+# Static Orthanc Explorer files: GET without a token (a browser fetches them without it).
 STATIC_PREFIXES = ("/app/",)
 STATIC_PATHS = frozenset({"/plugins/explorer.js", "/app", "/"})
 
@@ -116,50 +117,6 @@ def handoff_scope(method: str, orthanc_uri: str) -> str:
     return SHARED_READ_CLASS if is_shared_read(method, orthanc_uri) else orthanc_uri
 
 
-class PathRefused(ValueError):
-    """The path cannot be read one way only (bad encoding, climbs above the root)."""
-
-
-def split_query(raw_uri: str) -> tuple[str, str]:
-    """`/a/b?x=1` -> (`/a/b`, `x=1`); a fragment is dropped (browsers never send one)."""
-    path, _, query = raw_uri.partition("?")
-    return path.partition("#")[0], query.partition("#")[0]
-
-
-def _without_dot_segments(path: str) -> str:
-    """RFC 3986's remove_dot_segments on an absolute path: `.` and `..` resolved, clamped at `/`."""
-    parts = path.split("/")[1:]
-    kept: list[str] = []
-    for part in parts:
-        if part == "..":
-            if kept:
-                kept.pop()
-        elif part != ".":
-            kept.append(part)
-    trailing = "/" if parts and parts[-1] in (".", "..") else ""
-    return "/" + "/".join(kept) + trailing
-
-
-def orthanc_path(raw_path: str) -> str:
-    """The path Orthanc's router and request filter see when `raw_path` reaches its HTTP server.
-
-    Orthanc's web server (CivetWeb) decodes the path once, reads `\\` as `/`, removes
-    dot segments, then drops the trailing dots of every segment and merges `//`
-    (`/modalities.` is `/modalities`). The Orthanc plugin receives exactly this text.
-    """
-    if not isinstance(raw_path, str) or not raw_path.startswith("/"):
-        raise PathRefused("not an absolute path")
-    try:
-        decoded = unquote(raw_path, errors="strict")
-    except UnicodeDecodeError:
-        raise PathRefused("not UTF-8") from None
-    parts = _without_dot_segments(decoded.replace("\\", "/")).split("/")[1:]
-    stripped = [part.rstrip(".") for part in parts]
-    kept = [part for part in stripped if part]
-    trailing = "/" if kept and not stripped[-1] else ""
-    return "/" + "/".join(kept) + trailing
-
-
 def readings(raw_path: str) -> list[list[str]]:
     """The segment lists (lower case) that servers on the way could make of `raw_path`."""
     if not isinstance(raw_path, str) or not raw_path.startswith("/"):
@@ -197,11 +154,6 @@ def readings(raw_path: str) -> list[list[str]]:
         if other != resolved and other not in result:
             result.append(other)
     return result
-
-
-def normalise_path(raw_path: str) -> str:
-    """The canonical spelling: decoded, `//` and trailing `/` dropped, dots resolved, lower case."""
-    return "/" + "/".join(readings(raw_path)[0])
 
 
 def _role_for(method: str, segments: list[str]) -> Role:

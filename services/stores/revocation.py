@@ -9,8 +9,8 @@ Every revocation is also announced on a stream (`<prefix>revocations`), in the
 same server-side script as its key, so the two never disagree. The policy
 service, which asks about the token of every request that reaches Orthanc,
 follows that stream (`RevocationMirror`) and answers from memory instead of
-one Redis round trip per new token: that round trip was a quarter of its CPU
-per decision (issue 6, docs/BENCHMARKS.md).
+one Redis round trip per new token, the costliest step of a decision
+otherwise (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import redis
 
@@ -94,7 +95,13 @@ class RevocationStore:
 
     def _revoke(self, jti: str, expires_at: int, *, once: bool) -> bool:
         mode = "nx" if once else ""
-        args = [jti, self._ttl(expires_at), int(expires_at), self.keep_seconds, mode]
+        args: list[str | int] = [
+            jti,
+            self._ttl(expires_at),
+            int(expires_at),
+            self.keep_seconds,
+            mode,
+        ]
         try:
             return bool(self._script(keys=[self._key(jti), self.stream], args=args))
         except REDIS_ERRORS:
@@ -124,7 +131,8 @@ FOLLOW_BATCH = 1000
 RETRY_SECONDS = 0.5
 # Past this without a completed read, the mirror refuses to answer (fail closed).
 # With nginx's 2 s grant cache on top (which counts whole seconds: up to 3), a
-# revocation bites within 5 s even when Redis answers slowly (CONTRACT: 5).
+# revocation bites within the promised 5 s even when Redis answers slowly
+# (docs/ARCHITECTURE.md).
 MAX_LAG_SECONDS = 2.0
 # A mirror that is behind asks Redis directly, on the policy's event loop: a short wait.
 DIRECT_TIMEOUT_SECONDS = 0.25
@@ -232,10 +240,9 @@ class RevocationMirror:
                     if last_id == "0-0":
                         self._load_keys(client)
                 started = self.clock()
-                reply = client.xread(
-                    {self.stream: last_id}, count=FOLLOW_BATCH, block=self.block_ms
+                entries = _stream_entries(
+                    client.xread({self.stream: last_id}, count=FOLLOW_BATCH, block=self.block_ms)
                 )
-                entries = reply[0][1] if reply else []
                 for entry_id, fields in entries:
                     self._add(fields)
                     last_id = entry_id
@@ -286,6 +293,14 @@ class RevocationMirror:
         now = time.time()
         for jti in [jti for jti, expires in self._revoked.items() if expires <= now]:
             self._revoked.pop(jti, None)
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of XREAD's answer for one stream, from a client that decodes responses
+    (redis-py types the answer for every protocol version at once)."""
+    if not reply:
+        return []
+    return [(str(entry_id), dict(fields)) for entry_id, fields in reply[0][1]]
 
 
 def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:

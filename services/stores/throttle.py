@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from .revocation import REDIS_ERRORS, StoreUnavailable
+from services.stores.revocation import REDIS_ERRORS, StoreUnavailable
 
 SLOWDOWN_STEP_SECONDS = 0.25
 MAX_SLOWDOWN_SECONDS = 2.0

@@ -5,7 +5,7 @@ its blueprint. Clients are built here, inside the factory, never at import.
 The database client is the service's choice: the token service writes users
 through SQLAlchemy (`Database`), the login service only reads them through the
 driver (`UserTable`), so this module imports neither, and no login process
-loads SQLAlchemy (issue 6: memory).
+carries SQLAlchemy's heap.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .origins import OriginPolicy
-from .revocation import RevocationStore, StoreUnavailable, redis_client
-from .settings import AUTH_MAX_BODY, Settings, load_settings
-from .tokens import TokenCodec, TokenError, TokenExpired, TokenInvalid, TokenMissing
+from services.domain.origins import OriginPolicy
+from services.domain.tokens import TokenCodec, TokenError, TokenExpired, TokenInvalid, TokenMissing
+from services.settings import AUTH_MAX_BODY, Settings, load_settings
+from services.stores.revocation import RevocationStore, StoreUnavailable, redis_client
 
 log = logging.getLogger("zhiva")
 
@@ -64,8 +64,8 @@ def resources() -> Resources[Any]:
     return current_app.extensions["zhiva"]
 
 
-def error(message: str, status: int, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    """The one JSON error shape of CONTRACT section 2."""
+def error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    """The one JSON error shape of the /auth endpoints (`GET /auth/openapi.json`)."""
     response = jsonify(message=message)
     response.status_code = status
     response.headers.update(headers or {})

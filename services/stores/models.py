@@ -1,4 +1,8 @@
-"""The shared user model. Schema changes go through Alembic (services/migrations)."""
+"""The ORM mapping of the users table. Schema changes go through Alembic (services/migrations).
+
+The columns a service reads are declared once, in services/domain/user.py; the mapping
+below must map exactly those (and its own keys and timestamps), or importing this fails.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .names import MAX_NAME_LENGTH
+from services.domain.names import MAX_NAME_LENGTH
+from services.domain.user import USER_COLUMNS
 
 
 def _now() -> datetime:
@@ -34,3 +39,19 @@ class User(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=_now, onupdate=_now
     )
+
+
+# Columns of the table that are not part of a user's record.
+_BOOKKEEPING = {"id", "created_at", "updated_at"}
+
+
+def _check_mapping() -> None:
+    mapped = {column.key for column in User.__table__.columns} - _BOOKKEEPING
+    if mapped != set(USER_COLUMNS):
+        raise RuntimeError(
+            f"User maps {sorted(mapped)} but UserRecord declares {sorted(USER_COLUMNS)}: "
+            "change services/domain/user.py and this model together (and add a migration)"
+        )
+
+
+_check_mapping()

@@ -2,7 +2,7 @@
 
 The token service (admin page) and the login service (sign-in) both hand out
 one-off auth tokens; the zhiva app reads `tokenServer`, `refreshServer` and
-`pacs` from them to find this server (CONTRACT section 3), so both go through
+`pacs` from them to find this server (docs/PROTOCOLS.md), so both go through
 `issue_auth_token` and the claims cannot drift apart.
 """
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .settings import Settings
-from .tokens import Identity, TokenCodec, TokenKind
+from services.access.paths import AUTH_PREFIX, DICOMWEB_PREFIX
+from services.domain.tokens import TokenCodec, TokenKind
+from services.domain.user import UserRecord
+from services.settings import Settings
 
-GENERATE_ACCESS_TOKEN_PATH = "/auth/generate-access-token"  # noqa: S105 - a URL path
-REFRESH_TOKEN_PATH = "/auth/refresh-token"  # noqa: S105 - a URL path
-PACS_PATH = "/zhiva/pacs"
+GENERATE_ACCESS_TOKEN_PATH = AUTH_PREFIX + "/generate-access-token"
+REFRESH_TOKEN_PATH = AUTH_PREFIX + "/refresh-token"
 
 
 def auth_token_claims(settings: Settings) -> dict[str, str]:
@@ -24,19 +25,19 @@ def auth_token_claims(settings: Settings) -> dict[str, str]:
     return {
         "tokenServer": base + GENERATE_ACCESS_TOKEN_PATH,
         "refreshServer": base + REFRESH_TOKEN_PATH,
-        "pacs": base + PACS_PATH,
+        "pacs": base + DICOMWEB_PREFIX,
     }
 
 
 def issue_auth_token(
     codec: TokenCodec,
     settings: Settings,
-    identity: Identity,
+    user: UserRecord,
     *,
     audience: str | None = None,
     now: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Sign a one-off auth token for `identity`, bound to `audience` (an origin) when given."""
+    """Sign a one-off auth token for `user`, bound to `audience` (an origin) when given."""
     return codec.issue(
-        TokenKind.AUTH, identity, audience=audience, extra=auth_token_claims(settings), now=now
+        TokenKind.AUTH, user, audience=audience, extra=auth_token_claims(settings), now=now
     )

@@ -1,13 +1,13 @@
 """The user table read through the DB-API driver alone, for the services that only read it.
 
 The policy service asks whether a user is there, enabled, with which token
-generation and rights (`find`); the login service asks for the account a
-password is checked against (`account`). Answering either through SQLAlchemy
-would load it (about 19 MB of heap in every process, issue 6), so this module
-speaks to the driver SQLAlchemy would use: `sqlite3` for `sqlite:` URLs,
+generation and rights; the login service checks a password against the same
+record (`find`, services/domain/user.py). Answering either through SQLAlchemy
+would put its heap in every process of theirs, so this module speaks to the
+driver SQLAlchemy would use: `sqlite3` for `sqlite:` URLs,
 psycopg for `postgresql:` URLs. The schema is still Alembic's
 (services/migrations), and users are still written only through SQLAlchemy
-(services/shared/accounts.py); this only reads.
+(services/stores/accounts.py); this only reads.
 
 Connections are opened lazily, one per thread (the login's gthread worker
 runs requests in threads, the policy's event loop in one; nothing is opened
@@ -20,47 +20,21 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from services.shared.names import normalise_username
+from services.domain.names import normalise_username
+from services.domain.user import USER_COLUMNS, UserRecord, record_of
 
 log = logging.getLogger("zhiva")
 
-# What the policy decides on (`find`).
-USER_COLUMNS = "disabled, token_generation, can_edit, is_admin"
-# What the login checks a password against and makes an Identity of (`account`).
-ACCOUNT_COLUMNS = "name, username, password_hash, disabled, can_edit, is_admin, token_generation"
-# The same patience as the services' SQLAlchemy engines (services/shared/db.py).
+# The same patience as the services' SQLAlchemy engines (services/stores/db.py).
 SQLITE_TIMEOUT_SECONDS = 15.0
 
 
 class UnsupportedDatabase(ValueError):
     """DATABASE_URL names a database this reader does not speak."""
-
-
-@dataclass(frozen=True)
-class UserRow:
-    disabled: bool
-    generation: int
-    can_edit: bool
-    is_admin: bool
-
-
-@dataclass(frozen=True)
-class Account:
-    """A user as the login reads it, named as the ORM's User is, so the one sign-in
-    rule (services/shared/credentials.py) takes either."""
-
-    name: str
-    username: str
-    password_hash: str
-    disabled: bool
-    can_edit: bool
-    is_admin: bool
-    token_generation: int
 
 
 def _select_by_username(columns: str, placeholder: str) -> str:
@@ -94,8 +68,7 @@ class UserTable:
                 f"DATABASE_URL {scheme}://… is not SQLite or PostgreSQL, "
                 "which the policy and login services read"
             )
-        self._user_query = _select_by_username(USER_COLUMNS, placeholder)
-        self._account_query = _select_by_username(ACCOUNT_COLUMNS, placeholder)
+        self._user_query = _select_by_username(", ".join(USER_COLUMNS), placeholder)
         self._local = threading.local()
 
     @staticmethod
@@ -155,29 +128,12 @@ class UserTable:
             return None
         return self._fetch(sql, (normalised,))
 
-    def find(self, username: str) -> UserRow | None:
-        """The user's row, None when there is no such user; a database error is raised."""
+    def find(self, username: str) -> UserRecord | None:
+        """The user's record, None when there is no such user; a database error is raised."""
         row = self._by_username(self._user_query, username)
         if row is None:
             return None
-        disabled, generation, can_edit, is_admin = row
-        return UserRow(bool(disabled), int(generation), bool(can_edit), bool(is_admin))
-
-    def account(self, username: str) -> Account | None:
-        """The user's account, None when there is no such user; a database error is raised."""
-        row = self._by_username(self._account_query, username)
-        if row is None:
-            return None
-        name, stored_username, password_hash, disabled, can_edit, is_admin, generation = row
-        return Account(
-            name=name,
-            username=stored_username,
-            password_hash=password_hash,
-            disabled=bool(disabled),
-            can_edit=bool(can_edit),
-            is_admin=bool(is_admin),
-            token_generation=int(generation),
-        )
+        return record_of(row)
 
     def ping(self) -> bool:
         """True when the user table answers (the health check)."""

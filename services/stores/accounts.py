@@ -3,22 +3,21 @@
 The token service's page and API and the admin CLI go through these
 functions, so every rule (normalised usernames, strong passwords, disabled
 users) is written once. The login service only reads: it finds accounts
-through the database driver (services/shared/users.py) and checks them with
-the same sign-in rule (services/shared/credentials.py), without SQLAlchemy.
+through the database driver (services/stores/users.py) and checks them with
+the same sign-in rule (services/domain/credentials.py), without SQLAlchemy.
 """
 
 from __future__ import annotations
 
-from functools import partial
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import credentials
-from .credentials import identity as identity  # re-exported: part of the accounts API
-from .models import User
-from .names import normalise_name, normalise_username
-from .passwords import hash_password, weak_password_reason
+from services.domain.credentials import (
+    identity as identity,  # re-exported: part of the accounts API
+)
+from services.domain.names import normalise_name, normalise_username
+from services.domain.passwords import hash_password, weak_password_reason
+from services.stores.models import User
 
 
 class AccountError(ValueError):
@@ -61,11 +60,6 @@ def save_user(
     user.is_admin = is_admin
     session.flush()
     return user
-
-
-def authenticate(session: Session, username: str, password: str) -> User | None:
-    """The enabled user with this password, or None; the same cost for every failure."""
-    return credentials.authenticate(partial(find_user, session), username, password)
 
 
 def revoke_all_tokens(session: Session, username: str) -> User:

@@ -18,12 +18,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from infra import dicom_ca
-
-from .accounts import AccountError, find_user, revoke_all_tokens, save_user, set_disabled
-from .db import Database
-from .models import User
-from .passwords import STRONG_PASSWORD_RULE
-from .settings import Settings, SettingsError, load_settings
+from services.domain.passwords import STRONG_PASSWORD_RULE
+from services.settings import Settings, SettingsError, load_settings
+from services.stores.accounts import (
+    AccountError,
+    find_user,
+    revoke_all_tokens,
+    save_user,
+    set_disabled,
+)
+from services.stores.db import Database
+from services.stores.models import User
 
 
 @contextmanager

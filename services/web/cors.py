@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from .origins import OriginPolicy
+from services.domain.origins import OriginPolicy
 
 EXPOSED_HEADERS = "Authorization"
 ALLOWED_HEADERS = "Authorization, Content-Type, X-CSRFToken"

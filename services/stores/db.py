@@ -1,7 +1,7 @@
 """Database engine and sessions; SQLite by default, PostgreSQL by DATABASE_URL.
 
 For the token service, the admin CLI and the migrations, which write users. A
-service that only reads them uses services/shared/users.py, which spares
+service that only reads them uses services/stores/users.py, which spares
 loading SQLAlchemy.
 """
 

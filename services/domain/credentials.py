@@ -1,8 +1,8 @@
 """The sign-in rule, free of SQLAlchemy: which user a username and password stand for.
 
-The login service reads accounts through the database driver
-(services/shared/users.py; loading SQLAlchemy would cost every login process
-about 19 MB, issue 6), the accounts code and the admin CLI through the ORM.
+The login service reads users through the database driver
+(services/stores/users.py: SQLAlchemy's heap would sit in every login process),
+the accounts code and the admin CLI through the ORM.
 Both check a password here, so the rule is written once: every failure costs
 one bcrypt check, disabled users are refused, input that is not text fails.
 """
@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from .passwords import check_password
-from .tokens import Identity
+from services.domain.passwords import check_password
+from services.domain.user import UserRecord
 
 if TYPE_CHECKING:  # named for the reader only: importing models would load SQLAlchemy
-    from .models import User
-    from .users import Account
+    from services.stores.models import User
 
-# The ORM's User or the driver's Account: the rule reads the same attributes of either.
-U = TypeVar("U", bound="User | Account")
+# The ORM's User or the driver's record: the rule reads the same attributes of either.
+U = TypeVar("U", bound="User | UserRecord")
 
 
 def authenticate(find: Callable[[str], U | None], username: object, password: object) -> U | None:
@@ -37,11 +36,17 @@ def authenticate(find: Callable[[str], U | None], username: object, password: ob
     return user
 
 
-def identity(user: User | Account) -> Identity:
-    return Identity(
+def identity(user: User | UserRecord) -> UserRecord:
+    """The user's record as it is now: what a token is issued for, safe to keep once the
+    ORM session that loaded `user` is gone."""
+    if isinstance(user, UserRecord):
+        return user
+    return UserRecord(
         name=user.name,
         username=user.username,
+        password_hash=user.password_hash,
         can_edit=user.can_edit,
         is_admin=user.is_admin,
-        generation=user.token_generation,
+        disabled=user.disabled,
+        token_generation=user.token_generation,
     )

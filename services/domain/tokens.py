@@ -1,6 +1,6 @@
 """The token codec: every JWT this project issues or accepts passes through here.
 
-RS256 only, one key, `kid` in the header; the claims of CONTRACT section 3.
+RS256 only, one key, `kid` in the header; the claims of docs/PROTOCOLS.md (Tokens).
 Verification spells out every option (algorithm, required claims, issuer,
 kind, origin binding, leeway) so the intended behaviour is visible.
 """
@@ -11,7 +11,6 @@ import enum
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ from joserfc.jwk import RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
-from .origins import parse_origin
+from services.domain.origins import parse_origin
+from services.domain.user import UserRecord
 
 ALGORITHM = "RS256"
 MIN_KEY_BITS = 2048
@@ -63,17 +63,6 @@ class TokenInvalid(TokenError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who a token speaks for, as written in it."""
-
-    name: str
-    username: str
-    can_edit: bool
-    is_admin: bool
-    generation: int
-
-
 class KeyFileError(RuntimeError):
     """A key file is missing or too weak; the message says what to do."""
 
@@ -107,8 +96,8 @@ class TokenCodec:
         self.issuer = issuer
         self.lifetimes = lifetimes
         self.kid = public_key.thumbprint()
-        # Both registries are built once: building them per call was about 5 % of a
-        # verification's instructions (bench/instructions.py, issue 6).
+        # Both registries are built once: building them per call is a measurable share of a
+        # verification (bench/instructions.py, docs/BENCHMARKS.md).
         self._signatures = JWSRegistry(algorithms=[ALGORITHM])
         self._claims: dict[tuple[TokenKind, ...], JWTClaimsRegistry] = {}
 
@@ -147,13 +136,13 @@ class TokenCodec:
     def issue(
         self,
         kind: TokenKind,
-        identity: Identity,
+        user: UserRecord,
         *,
         audience: str | None = None,
         extra: dict[str, Any] | None = None,
         now: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """Sign a token of `kind` for `identity`; returns the token and its claims."""
+        """Sign a token of `kind` for `user`; returns the token and its claims."""
         if self.private_key is None:
             raise RuntimeError("this codec was built without the private key")
         issued_at = int(time.time()) if now is None else now
@@ -163,11 +152,11 @@ class TokenCodec:
             "exp": issued_at + self.lifetimes[kind],
             "jti": uuid.uuid4().hex,
             "kind": kind.value,
-            "name": identity.name,
-            "username": identity.username,
-            "canEditResource": identity.can_edit,
-            "isAdmin": identity.is_admin,
-            "gen": identity.generation,
+            "name": user.name,
+            "username": user.username,
+            "canEditResource": user.can_edit,
+            "isAdmin": user.is_admin,
+            "gen": user.token_generation,
             **(extra or {}),
         }
         if audience:
@@ -233,13 +222,3 @@ class TokenCodec:
 
 def _now() -> int:
     return int(time.time())
-
-
-def identity_of(claims: dict[str, Any]) -> Identity:
-    return Identity(
-        name=str(claims.get("name", "")),
-        username=claims["username"],
-        can_edit=claims["canEditResource"],
-        is_admin=claims["isAdmin"],
-        generation=claims["gen"],
-    )

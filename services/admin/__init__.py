@@ -1,0 +1,1 @@
+"""`zhiva-admin`: the operator's command line."""

@@ -1,0 +1,1 @@
+"""Rules with no I/O of their own: tokens, names, passwords, origins, credentials."""
