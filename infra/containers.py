@@ -514,7 +514,11 @@ def restart_orthanc(settings: Settings, record: dict[str, object]) -> None:
     if container is None:
         raise ContainerError("no orthanc container is running")
     say("restarting Orthanc to apply it", end="")
-    engine.run("restart", container, timeout=START_TIMEOUT)
+    # Podman refuses `restart` while a container it depends on is not running (the set-up
+    # container, which exits once it has done its work); `start` runs that again first,
+    # which is harmless: the set-up is idempotent and replaces files atomically.
+    engine.run("stop", container, timeout=START_TIMEOUT)
+    engine.run("start", container, timeout=START_TIMEOUT)
     deadline = time.monotonic() + START_TIMEOUT
     while not (container_state(engine, container)[0] == "running" and healthy(engine, container)):
         if time.monotonic() > deadline:

@@ -337,7 +337,7 @@ def test_c_echo_and_c_store_over_tls_then_found_by_qido(stack, tokens, tmp_path:
     modality = Client("E2EMODALITY")
     assert c_echo(port, stack.ca_file, stack.settings.dicom_aet, modality)
     # Stores come from registered modalities only (tests/test_security_dicom.py).
-    register(stack, modality.aet, modality.source)
+    register(stack, modality.aet, stack.dicom_peer_address)
     ds = wheel_dataset("CT_small.dcm")
     path = tmp_path / "modality.dcm"
     ds.save_as(path, enforce_file_format=True)

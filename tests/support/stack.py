@@ -262,6 +262,11 @@ class Stack:
             timeout=120,
         )
 
+    @property
+    def dicom_peer_address(self) -> str:
+        """The address Orthanc sees for a modality on this machine (what to register)."""
+        return "127.0.0.1"
+
     def audit_log(self) -> str:
         """The policy service's audit trail (one JSON line per decision it made)."""
         return (self.layout.log_dir / "audit.log").read_text()
@@ -371,6 +376,18 @@ class ContainerStack(Stack):
         found = container_id(engine, self.env["COMPOSE_PROJECT_NAME"], service)
         assert found, f"no {service} container"
         return found
+
+    @property
+    def dicom_peer_address(self) -> str:
+        # A connection from this machine to a published port reaches Orthanc from the
+        # container network's gateway: the engine masquerades loopback traffic.
+        gateway = self.engine(
+            "inspect",
+            self.container("network"),
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
+        ).stdout.strip()
+        return gateway or "127.0.0.1"
 
     def engine(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         engine = find_engine()
