@@ -5,7 +5,9 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       orthanc orthanc-dicomweb orthanc-python nginx-light redis-server curl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-# The Orthanc-side plugin and the modules it shares with the policy service (stdlib only).
+# The Orthanc-side plugin and the package it shares with the policy service (standard
+# library only), imported from /app as the plugin's PythonPath.
 COPY infra/orthanc /app/infra/orthanc
-COPY services/access/permissions.py services/access/handoff.py /app/services/policy_service/
+COPY services/__init__.py /app/services/__init__.py
+COPY services/access /app/services/access
 WORKDIR /app
