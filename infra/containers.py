@@ -387,23 +387,29 @@ def _logs_tail(engine: Engine, container: str | None, lines: int = 20) -> str:
     return "\n    ".join((result.stdout + result.stderr).splitlines()[-lines:])
 
 
+def _wait_healthy(engine: Engine, project: str, service: str, deadline: float) -> None:
+    """Until the service's container runs and its health check passes; past `deadline`,
+    an error with the end of its log."""
+    while True:
+        container = container_id(engine, project, service)
+        state = container_state(engine, container)[0] if container else "missing"
+        if state == "running" and container and healthy(engine, container):
+            return
+        if time.monotonic() > deadline:
+            say(" failed")
+            raise ContainerError(
+                f"{service} did not become healthy in {START_TIMEOUT:.0f}s (state: {state}); "
+                f"its last log lines:\n    {_logs_tail(engine, container)}"
+            )
+        time.sleep(1)
+
+
 def wait_ready(engine: Engine, project: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     for service in SERVICES:
         say(f"  waiting for {service:8}", end="")
         started = time.monotonic()
-        while True:
-            container = container_id(engine, project, service)
-            state = container_state(engine, container)[0] if container else "missing"
-            if state == "running" and container and healthy(engine, container):
-                break
-            if time.monotonic() > deadline:
-                say(" failed")
-                raise ContainerError(
-                    f"{service} did not become healthy in {START_TIMEOUT:.0f}s (state: {state}); "
-                    f"its last log lines:\n    {_logs_tail(engine, container)}"
-                )
-            time.sleep(1)
+        _wait_healthy(engine, project, service, deadline)
         say(f" ready ({time.monotonic() - started:.1f}s)")
 
 
@@ -519,13 +525,5 @@ def restart_orthanc(settings: Settings, record: dict[str, object]) -> None:
     # which is harmless: the set-up is idempotent and replaces files atomically.
     engine.run("stop", container, timeout=START_TIMEOUT)
     engine.run("start", container, timeout=START_TIMEOUT)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not (container_state(engine, container)[0] == "running" and healthy(engine, container)):
-        if time.monotonic() > deadline:
-            say(" failed")
-            raise ContainerError(
-                f"Orthanc did not become healthy in {START_TIMEOUT:.0f}s after its restart; "
-                f"its last log lines:\n    {_logs_tail(engine, container)}"
-            )
-        time.sleep(1)
+    _wait_healthy(engine, str(record["project"]), "orthanc", time.monotonic() + START_TIMEOUT)
     say(" ready")
