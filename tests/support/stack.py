@@ -125,6 +125,7 @@ def _service_home(root: Path) -> Path:
     home = Path(tempfile.mkdtemp(prefix=f"zhiva-{root.name}-"))
     home.chmod(0o711)
     atexit.register(shutil.rmtree, home, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)  # the bench passes a directory still to make
     link = root / "files"
     if not link.is_symlink():
         link.symlink_to(home)
