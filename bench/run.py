@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import tempfile
@@ -368,12 +369,15 @@ class Bench:
         def sign_in() -> None:
             auth_tokens.append(loads.sign_in(http, base, user, USER_PASSWORD))
 
+        made = itertools.count()
+
         def generate_token() -> None:
+            # A new user each time: overwriting one revokes the auth tokens made before.
             response = http.post(
                 base + "/auth/generate-token",
                 json={
                     "name": "Bench Made",
-                    "username": "bench-made",
+                    "username": f"bench-made-{next(made)}",
                     "password": ADMIN_PASSWORD,
                     "canEditResource": False,
                     "userPassword": USER_PASSWORD,
