@@ -79,7 +79,7 @@ def main() -> int:
         key = RSAKey.generate_key(2048, private=True)
         (directory / "key.pem").write_bytes(key.as_pem(private=True))
         codec = _codec(directory / "key.pem")
-        identity = UserRecord("Bench Viewer", "bench-viewer", "", False, False, False, 0)
+        identity = UserRecord("Bench Viewer", "bench-viewer", "", False, False, False, 0, "")
         tokens = [codec.issue(TokenKind.ACCESS, identity)[0] for _ in range(args.count + 1)]
         (directory / "tokens.txt").write_text("\n".join(tokens) + "\n")
         print(f"counting instructions under callgrind ({args.count} verifications)...", flush=True)

@@ -89,6 +89,7 @@ def test_the_record_signs_in_as_the_orm_user_would(database_url, writer):
     with writer.session() as session:
         save_user(session, name="Ann Smith", username=ann, password=PASSWORD, can_edit=True)
         password_hash = find_user(session, ann).password_hash
+        subject = find_user(session, ann).subject
     users = UserTable(database_url)
     account = UserRecord(
         name="Ann Smith",
@@ -98,6 +99,7 @@ def test_the_record_signs_in_as_the_orm_user_would(database_url, writer):
         can_edit=True,
         is_admin=False,
         token_generation=0,
+        subject=subject,
     )
     assert users.find(ann.upper()) == account
     assert authenticate(users.find, ann, PASSWORD) == account

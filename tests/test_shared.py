@@ -19,6 +19,7 @@ IDENTITY = UserRecord(
     is_admin=False,
     disabled=False,
     token_generation=0,
+    subject="2f1e4c9a-8d3b-4f6e-9a7c-5b0d1e2f3a4b",
 )
 
 

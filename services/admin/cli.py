@@ -1,4 +1,5 @@
-"""`zhiva-admin`: manage users and DICOM modalities from a shell on the server.
+"""`zhiva-admin`: manage users, OpenID Connect clients and DICOM modalities from a shell on
+the server.
 
 Settings load exactly as the services load them (`CONFIG_DIR/.env`, then the
 environment), so the CLI works on the database the services use. Passwords
@@ -8,6 +9,7 @@ never from the command line, where other users could see them in `ps`.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from infra import dicom_ca
+from services.domain.clients import ClientError
+from services.domain.origins import OriginPolicy
 from services.domain.passwords import STRONG_PASSWORD_RULE
 from services.settings import Settings, SettingsError, load_settings
 from services.stores.accounts import (
@@ -29,20 +33,26 @@ from services.stores.accounts import (
 )
 from services.stores.db import Database
 from services.stores.models import User
+from services.stores.oauth_clients import add_client, list_clients, remove_client
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @contextmanager
-def _session() -> Iterator[Session]:
+def _session(settings: Settings | None = None) -> Iterator[Session]:
     """A session on the configured database; configuration problems become clear messages."""
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
+    if settings is None:
+        settings = _settings()
     database = Database(settings.database_url)
     try:
         with database.session() as session:
             yield session
-    except AccountError as error:
+    except (AccountError, ClientError) as error:
         raise click.ClickException(str(error)) from None
     except SQLAlchemyError as error:
         raise click.ClickException(
@@ -182,6 +192,84 @@ def revoke_tokens(username: str) -> None:
     with _session() as session:
         user = revoke_all_tokens(session, username)
         click.echo(f"revoked every token of {user.username}")
+
+
+@main.group(
+    help="OpenID Connect clients: applications whose users sign in with these accounts "
+    "(zhiva-viewer, the local viewer's, is registered by `make up`)."
+)
+def clients() -> None:
+    pass
+
+
+@clients.command("add")
+@click.option(
+    "--client-id", required=True, help="1 to 64 of the characters A-Z a-z 0-9 . _ - (unique)."
+)
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    required=True,
+    help="An https:// URI of an allowed origin the sign-in returns to, exactly; repeatable.",
+)
+@click.option(
+    "--post-logout-redirect-uri",
+    "post_logout_redirect_uris",
+    multiple=True,
+    help="Where a logout may return to (same rules); repeatable.",
+)
+@click.option(
+    "--confidential",
+    is_flag=True,
+    help="A server-side client with a secret (printed once); by default a public one (PKCE).",
+)
+def add_oauth_client(
+    client_id: str,
+    redirect_uris: tuple[str, ...],
+    post_logout_redirect_uris: tuple[str, ...],
+    confidential: bool,
+) -> None:
+    """Register a client; prints {"client_id", "client_secret"} as JSON (the secret only for a
+    confidential client, and only now: it is stored hashed)."""
+    settings = _settings()
+    policy = OriginPolicy(settings.origin_patterns)
+    with _session(settings) as session:
+        secret = add_client(
+            session, client_id, redirect_uris, post_logout_redirect_uris, confidential, policy
+        )
+    answer = {"client_id": client_id}
+    if secret is not None:
+        answer["client_secret"] = secret
+        click.echo("the client secret is shown only now; keep it secret", err=True)
+    click.echo(json.dumps(answer))
+
+
+@clients.command("list")
+def list_oauth_clients() -> None:
+    """One JSON object per line: client id, type (public or confidential), redirect URIs and
+    post-logout redirect URIs. Never a secret, nor its hash."""
+    with _session() as session:
+        registered = list_clients(session)
+    if not registered:
+        click.echo("no clients registered", err=True)
+    for client in registered:
+        line = {
+            "client_id": client.client_id,
+            "type": "public" if client.is_public else "confidential",
+            "redirect_uris": list(client.redirect_uris),
+            "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
+        }
+        click.echo(json.dumps(line))
+
+
+@clients.command("remove")
+@click.argument("client_id")
+def remove_oauth_client(client_id: str) -> None:
+    """Unregister CLIENT_ID; its users can no longer sign in through it."""
+    with _session() as session:
+        remove_client(session, client_id)
+    click.echo(f"removed client {client_id}")
 
 
 @main.group(

@@ -49,4 +49,5 @@ def identity(user: User | UserRecord) -> UserRecord:
         is_admin=user.is_admin,
         disabled=user.disabled,
         token_generation=user.token_generation,
+        subject=user.subject,
     )

@@ -23,6 +23,9 @@ class UserRecord:
     disabled: bool
     # Tokens carry the generation they were issued under; raising it revokes them all.
     token_generation: int
+    # The OpenID Connect `sub`: a random UUID given when the user is created and never
+    # changed, so a user re-created under the same name is not taken for the old one.
+    subject: str
 
 
 USER_COLUMNS: tuple[str, ...] = tuple(column.name for column in fields(UserRecord))

@@ -163,7 +163,7 @@ def verification_key(token: str, origin: str | None) -> bytes:
 
 # Cached for a username that has no user, so the policy does not ask again at once.
 _NO_USER = UserRecord(
-    "", "", "", can_edit=False, is_admin=False, disabled=True, token_generation=-1
+    "", "", "", can_edit=False, is_admin=False, disabled=True, token_generation=-1, subject=""
 )
 
 

@@ -1,14 +1,17 @@
-"""The ORM mapping of the users table. Schema changes go through Alembic (services/migrations).
+"""The ORM mapping of the users and OAuth clients tables. Schema changes go through Alembic
+(services/migrations).
 
-The columns a service reads are declared once, in services/domain/user.py; the mapping
-below must map exactly those (and its own keys and timestamps), or importing this fails.
+The user columns a service reads are declared once, in services/domain/user.py; the
+mapping below must map exactly those (and its own keys and timestamps), or importing
+this fails.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import DateTime, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.domain.names import MAX_NAME_LENGTH
@@ -35,13 +38,33 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
     # Tokens carry the generation they were issued under; raising it revokes them all.
     token_generation: Mapped[int] = mapped_column(default=0)
+    # The OpenID Connect `sub` (migration 0002): random, given once, never changed.
+    subject: Mapped[str] = mapped_column(
+        String(36), unique=True, index=True, default=lambda: str(uuid.uuid4())
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=_now, onupdate=_now
     )
 
 
-# Columns of the table that are not part of a user's record.
+class OAuthClient(Base):
+    """A registered OpenID Connect client (migration 0003); services/domain/clients.py has the
+    rules, services/stores/oauth_clients.py writes it, services/stores/clients.py reads it."""
+
+    __tablename__ = "oauth_clients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    # SHA-256 hex of the client's secret; NULL for a public client (no secret at all).
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    # JSON lists of strings: the driver readers parse them alike on SQLite and PostgreSQL.
+    redirect_uris: Mapped[str] = mapped_column(Text)
+    post_logout_redirect_uris: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+# Columns of the users table that are not part of a user's record.
 _BOOKKEEPING = {"id", "created_at", "updated_at"}
 
 

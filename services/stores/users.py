@@ -2,125 +2,35 @@
 
 The policy service asks whether a user is there, enabled, with which token
 generation and rights; the login service checks a password against the same
-record (`find`, services/domain/user.py). Answering either through SQLAlchemy
-would put its heap in every process of theirs, so this module speaks to the
-driver SQLAlchemy would use: `sqlite3` for `sqlite:` URLs,
-psycopg for `postgresql:` URLs. The schema is still Alembic's
-(services/migrations), and users are still written only through SQLAlchemy
-(services/stores/accounts.py); this only reads.
-
-Connections are opened lazily, one per thread (the login's gthread worker
-runs requests in threads, the policy's event loop in one; nothing is opened
-in the master before fork), and one that failed is dropped and opened again
-on the next call.
+record (`find`, services/domain/user.py). Both read it without SQLAlchemy, through
+the driver (services/stores/driver.py, which also holds the connection handling);
+users are written only through SQLAlchemy (services/stores/accounts.py).
 """
 
 from __future__ import annotations
 
-import logging
-import sqlite3
-import threading
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from services.domain.names import normalise_username
 from services.domain.user import USER_COLUMNS, UserRecord, record_of
-
-log = logging.getLogger("zhiva")
-
-# The same patience as the services' SQLAlchemy engines (services/stores/db.py).
-SQLITE_TIMEOUT_SECONDS = 15.0
-
-
-class UnsupportedDatabase(ValueError):
-    """DATABASE_URL names a database this reader does not speak."""
+from services.stores.driver import DriverTable
+from services.stores.driver import (
+    UnsupportedDatabase as UnsupportedDatabase,  # re-exported: raised by UserTable()
+)
 
 
 def _select_by_username(columns: str, placeholder: str) -> str:
     return f"SELECT {columns} FROM users WHERE username = {placeholder}"  # noqa: S608
 
 
-class UserTable:
+class UserTable(DriverTable):
     """Reads one user's row; `url` is the services' DATABASE_URL (SQLAlchemy's spelling)."""
 
+    table = "users"
+
     def __init__(self, url: str) -> None:
-        scheme, _, rest = url.partition("://")
-        dialect = scheme.split("+", 1)[0]
-        if dialect == "sqlite":
-            self._connect = self._sqlite(rest)
-            placeholder = "?"
-            self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
-            # What SQLAlchemy wraps as OperationalError: read-only or full disk, a
-            # lock held too long, a file that cannot be opened. The services answer 503.
-            self.unavailable: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
-        elif dialect in ("postgresql", "postgres"):
-            import psycopg  # only for PostgreSQL; imported here, in the master, to be shared
-
-            # libpq takes the URL itself once SQLAlchemy's `+driver` is gone.
-            conninfo = "postgresql://" + rest
-            self._connect = lambda: psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-            placeholder = "%s"
-            self.errors = (psycopg.Error,)
-            self.unavailable = (psycopg.OperationalError,)  # the server gone or refusing
-        else:
-            raise UnsupportedDatabase(
-                f"DATABASE_URL {scheme}://… is not SQLite or PostgreSQL, "
-                "which the policy and login services read"
-            )
-        self._user_query = _select_by_username(", ".join(USER_COLUMNS), placeholder)
-        self._local = threading.local()
-
-    @staticmethod
-    def _sqlite(rest: str) -> Any:
-        # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db; no query options.
-        path, _, query = rest.partition("?")
-        if not path.startswith("/") or len(path) < 2 or query:
-            raise UnsupportedDatabase(
-                "the policy and login services read SQLite from a file URL without options "
-                "(sqlite:////path/to/zhiva.db)"
-            )
-        # mode=rw: a missing database is an error, never a new empty file.
-        uri = Path(unquote(path[1:])).absolute().as_uri() + "?mode=rw"
-
-        def connect() -> sqlite3.Connection:
-            return sqlite3.connect(
-                uri, uri=True, timeout=SQLITE_TIMEOUT_SECONDS, isolation_level=None
-            )
-
-        return connect
-
-    def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._connect()
-            self._local.connection = connection
-        return connection
-
-    def close(self) -> None:
-        """Close the calling thread's connection (the next call opens a new one)."""
-        self._drop()
-
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:  # noqa: BLE001, S110 - it is being thrown away anyway
-                pass
-
-    def _fetch(self, sql: str, args: tuple[Any, ...]) -> Any:
-        try:
-            cursor = self._connection().execute(sql, args)
-            try:
-                return cursor.fetchone()
-            finally:
-                cursor.close()
-        except self.errors:
-            # A broken connection (server restarted, file replaced) is not reused.
-            self._drop()
-            raise
+        super().__init__(url)
+        self._user_query = _select_by_username(", ".join(USER_COLUMNS), self.placeholder)
 
     def _by_username(self, sql: str, username: str) -> Any:
         normalised = normalise_username(username)
@@ -134,12 +44,3 @@ class UserTable:
         if row is None:
             return None
         return record_of(row)
-
-    def ping(self) -> bool:
-        """True when the user table answers (the health check)."""
-        try:
-            self._fetch("SELECT count(*) FROM users WHERE 1 = 0", ())
-            return True
-        except self.errors:
-            log.exception("database health check failed")
-            return False
