@@ -36,7 +36,9 @@ DEFAULT_KEEP_SECONDS = 31 * 24 * 3600
 # seconds to keep stream entries, "nx" for single use. The stream's IDs are
 # Redis's own milliseconds, so entries older than the longest token lifetime
 # are trimmed by Redis's clock (exact MINID: a short stream is trimmed too).
-_REVOKE_SCRIPT = """
+# The OIDC store runs this very text as a Lua function body inside its own
+# scripts (oidc_state.py), so it must keep reading only KEYS and ARGV.
+REVOKE_SCRIPT = """
 local stored
 if ARGV[5] == 'nx' then
   stored = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2])
@@ -84,7 +86,7 @@ class RevocationStore:
         self.prefix = prefix
         self.stream = prefix + STREAM
         self.keep_seconds = keep_seconds
-        self._script = client.register_script(_REVOKE_SCRIPT)
+        self._script = client.register_script(REVOKE_SCRIPT)
 
     def _key(self, jti: str) -> str:
         return revoked_key(self.prefix, jti)
