@@ -39,6 +39,11 @@ DEFAULTS: dict[str, str] = {
     "AUTH_TOKEN_LIFETIME": str(24 * 3600),
     "ACCESS_TOKEN_LIFETIME": str(24 * 3600),
     "REFRESH_TOKEN_LIFETIME": str(30 * 24 * 3600),
+    # The OpenID Connect provider's tokens (docs/OIDC.md); a refresh-token family lives
+    # REFRESH_TOKEN_LIFETIME from its sign-in, however often it rotates.
+    "OIDC_ACCESS_TOKEN_LIFETIME": "3600",
+    "OIDC_ID_TOKEN_LIFETIME": "3600",
+    "OIDC_SESSION_LIFETIME": str(12 * 3600),
     "CLIENT_MAX_BODY_SIZE": "2000m",
     "DICOM_AET": "ZHIVA",
     # The seed's "C-STORE from any AE"; off, only registered modalities store (infra/dicom_ca.py).
@@ -71,6 +76,9 @@ class Settings:
     auth_token_lifetime: int
     access_token_lifetime: int
     refresh_token_lifetime: int
+    oidc_access_token_lifetime: int
+    oidc_id_token_lifetime: int
+    oidc_session_lifetime: int
     client_max_body_size: str
     dicom_aet: str
     dicom_accept_any_store: bool
@@ -83,8 +91,22 @@ class Settings:
     def longest_token_lifetime(self) -> int:
         """How long any token could still be presented: how long a revocation must be kept."""
         return max(
-            self.auth_token_lifetime, self.access_token_lifetime, self.refresh_token_lifetime
+            self.auth_token_lifetime,
+            self.access_token_lifetime,
+            self.refresh_token_lifetime,
+            self.oidc_access_token_lifetime,
+            self.oidc_id_token_lifetime,
         )
+
+    @property
+    def oidc_issuer(self) -> str:
+        """The OpenID Connect provider's issuer; never JWT_ISSUER, so no token passes as both."""
+        return self.public_base_url + "/auth"
+
+    @property
+    def oidc_resource(self) -> str:
+        """The audience of OIDC access tokens: the PACS (RFC 9068)."""
+        return self.public_base_url + "/zhiva/pacs"
 
     # Files made by the set-up; the names are the old system's so its files carry over.
     @property
@@ -206,7 +228,7 @@ def load_settings(
     origins = _split_origins(values.get("ALLOWED_ORIGINS", "")) + _split_origins(
         values.get("ZHIVA_AUTH_ALLOWED_ORIGINS", "")
     )
-    return Settings(
+    settings = Settings(
         config_dir=config_dir,
         state_dir=state_dir,
         https_port=_port(values, "HTTPS_PORT"),
@@ -224,6 +246,9 @@ def load_settings(
         auth_token_lifetime=_int(values, "AUTH_TOKEN_LIFETIME"),
         access_token_lifetime=_int(values, "ACCESS_TOKEN_LIFETIME"),
         refresh_token_lifetime=_int(values, "REFRESH_TOKEN_LIFETIME"),
+        oidc_access_token_lifetime=_int(values, "OIDC_ACCESS_TOKEN_LIFETIME"),
+        oidc_id_token_lifetime=_int(values, "OIDC_ID_TOKEN_LIFETIME"),
+        oidc_session_lifetime=_int(values, "OIDC_SESSION_LIFETIME"),
         client_max_body_size=values["CLIENT_MAX_BODY_SIZE"],
         dicom_aet=values["DICOM_AET"],
         dicom_accept_any_store=_bool(values, "DICOM_ACCEPT_ANY_STORE"),
@@ -232,3 +257,9 @@ def load_settings(
         secret_key=values.get("SECRET_KEY", ""),
         redis_password=values.get("REDIS_PASSWORD", ""),
     )
+    if settings.jwt_issuer == settings.oidc_issuer:
+        # Then an OIDC token and a zhiva token could not be told apart by their issuer.
+        raise SettingsError(
+            f"JWT_ISSUER must differ from the OpenID Connect issuer {settings.oidc_issuer}"
+        )
+    return settings

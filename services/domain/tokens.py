@@ -30,6 +30,9 @@ LEEWAY_SECONDS = 10
 # Our tokens are under 2 KB; anything much larger is refused before parsing.
 MAX_TOKEN_LENGTH = 8192
 _ALLOWED_HEADER = {"alg", "typ", "kid"}
+# The `typ` of our zhiva tokens (and of OIDC ID tokens), and of OIDC access tokens (RFC 9068).
+ZHIVA_TYP = "JWT"
+OIDC_ACCESS_TYP = "at+jwt"
 
 
 class TokenKind(enum.StrEnum):
@@ -90,6 +93,9 @@ class TokenCodec:
         private_key: RSAKey | None,
         issuer: str,
         lifetimes: dict[TokenKind, int],
+        *,
+        oidc_issuer: str | None = None,
+        oidc_resource: str | None = None,
     ) -> None:
         self.public_key = public_key
         self.private_key = private_key
@@ -100,6 +106,22 @@ class TokenCodec:
         # verification (bench/instructions.py, docs/BENCHMARKS.md).
         self._signatures = JWSRegistry(algorithms=[ALGORITHM])
         self._claims: dict[tuple[TokenKind, ...], JWTClaimsRegistry] = {}
+        self.oidc_issuer = oidc_issuer
+        self.oidc_resource = oidc_resource
+        self._oidc_claims = JWTClaimsRegistry(
+            now=_now,
+            leeway=LEEWAY_SECONDS,
+            iss={"essential": True, "value": oidc_issuer or ""},
+            aud={"essential": True, "value": oidc_resource or ""},
+            exp={"essential": True},
+            iat={"essential": True},
+            jti={"essential": True},
+            sub={"essential": True},
+            client_id={"essential": True},
+            fam={"essential": True},
+            gen={"essential": True},
+            preferred_username={"essential": True},
+        )
 
     def _claims_registry(self, kinds: tuple[TokenKind, ...]) -> JWTClaimsRegistry:
         """The claim checks for tokens of `kinds`; `now` is read at each validation."""
@@ -131,7 +153,14 @@ class TokenCodec:
             TokenKind.ACCESS: settings.access_token_lifetime,
             TokenKind.REFRESH: settings.refresh_token_lifetime,
         }
-        return cls(public, private, settings.jwt_issuer, lifetimes)
+        return cls(
+            public,
+            private,
+            settings.jwt_issuer,
+            lifetimes,
+            oidc_issuer=settings.oidc_issuer,
+            oidc_resource=settings.oidc_resource,
+        )
 
     def issue(
         self,
@@ -177,6 +206,39 @@ class TokenCodec:
         `origin` is the request's `Origin` header: a token bound to another
         origin is refused; no header means no browser, judged without it.
         """
+        decoded = self._decode(token)
+        if decoded.header.get("typ") != ZHIVA_TYP:
+            raise TokenInvalid("not a zhiva token (typ)")
+        return self._zhiva_claims(decoded.claims, kinds, origin)
+
+    def verify_oidc_access(self, token: str | None) -> dict[str, Any]:
+        """The claims of a valid access token of our OpenID Connect provider (RFC 9068).
+
+        The origin is judged by the caller, which knows the client's redirect URIs.
+        """
+        decoded = self._decode(token)
+        if decoded.header.get("typ") != OIDC_ACCESS_TYP:
+            raise TokenInvalid("not an OIDC access token (typ)")
+        return self._oidc_access_claims(decoded.claims)
+
+    def verify_for_pacs(
+        self, token: str | None, kinds: tuple[TokenKind, ...], *, origin: str | None = None
+    ) -> dict[str, Any]:
+        """A token that may read the PACS: a zhiva token of `kinds`, or an OIDC access token.
+
+        Decoded once; `typ` says which rules apply. An OIDC token's claims have `client_id`
+        and `fam`, and its origin is left to the caller.
+        """
+        decoded = self._decode(token)
+        typ = decoded.header.get("typ")
+        if typ == ZHIVA_TYP:
+            return self._zhiva_claims(decoded.claims, kinds, origin)
+        if typ == OIDC_ACCESS_TYP:
+            return self._oidc_access_claims(decoded.claims)
+        raise TokenInvalid("unexpected token type")
+
+    def _decode(self, token: str | None) -> Any:
+        """Signature and header checks shared by every kind of token: one algorithm, our key."""
         if not token:
             raise TokenMissing()
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
@@ -190,20 +252,26 @@ class TokenCodec:
         header = decoded.header
         if set(header) - _ALLOWED_HEADER or header.get("kid") != self.kid:
             raise TokenInvalid("unexpected header")
+        return decoded
 
+    def _oidc_access_claims(self, claims: dict[str, Any]) -> dict[str, Any]:
+        if not (self.oidc_issuer and self.oidc_resource):
+            raise TokenInvalid("this codec takes no OIDC tokens")
+        _validate(self._oidc_claims, claims)
+        _check_types(claims, ("gen", int), ("canEditResource", bool), ("isAdmin", bool))
+        _check_types(claims, ("scope", str), ("client_id", str), ("fam", str), ("sub", str))
+        _check_types(claims, ("preferred_username", str), ("jti", str))
+        return claims
+
+    def _zhiva_claims(
+        self,
+        claims: dict[str, Any],
+        kinds: TokenKind | tuple[TokenKind, ...],
+        origin: str | None,
+    ) -> dict[str, Any]:
         registry = self._claims_registry((kinds,) if isinstance(kinds, TokenKind) else kinds)
-        claims = decoded.claims
-        try:
-            registry.validate(claims)
-        except ExpiredTokenError:
-            raise TokenExpired() from None
-        except JoseError as error:
-            raise TokenInvalid(f"claims: {error.error} {error.description or ''}".strip()) from None
-        for name, kind_of in (("gen", int), ("canEditResource", bool), ("isAdmin", bool)):
-            if not isinstance(claims.get(name), kind_of) or (
-                kind_of is int and isinstance(claims.get(name), bool)
-            ):
-                raise TokenInvalid(f"claim {name} missing or of the wrong type")
+        _validate(registry, claims)
+        _check_types(claims, ("gen", int), ("canEditResource", bool), ("isAdmin", bool))
 
         audience = claims.get("aud")
         if audience is not None:
@@ -222,3 +290,20 @@ class TokenCodec:
 
 def _now() -> int:
     return int(time.time())
+
+
+def _validate(registry: JWTClaimsRegistry, claims: dict[str, Any]) -> None:
+    try:
+        registry.validate(claims)
+    except ExpiredTokenError:
+        raise TokenExpired() from None
+    except JoseError as error:
+        raise TokenInvalid(f"claims: {error.error} {error.description or ''}".strip()) from None
+
+
+def _check_types(claims: dict[str, Any], *expected: tuple[str, type]) -> None:
+    """Each named claim present with exactly its type (a bool is not an int here)."""
+    for name, kind_of in expected:
+        value = claims.get(name)
+        if not isinstance(value, kind_of) or (kind_of is int and isinstance(value, bool)):
+            raise TokenInvalid(f"claim {name} missing or of the wrong type")
