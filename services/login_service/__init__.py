@@ -14,10 +14,13 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from services.settings import SettingsError
+from services.stores.clients import ClientTable
+from services.stores.oidc_state import OidcState
 from services.stores.throttle import MAX_SLOWDOWN_SECONDS, SLOWDOWN_STEP_SECONDS, Throttle
 from services.stores.users import UserTable
 from services.web.app import create_service_app
 from services.web.cors import enable_cors
+from services.web.oidc import OidcDeps, create_authorization_server
 
 from .signin import SignIn
 
@@ -31,6 +34,9 @@ DEFAULT_LIMITS: dict[str, int | float] = {
     "LOGIN_SLOWDOWN_STEP": SLOWDOWN_STEP_SECONDS,
     "LOGIN_SLOWDOWN_MAX": MAX_SLOWDOWN_SECONDS,
 }
+
+# Unknown device codes one address may try within the sign-in window before a 429.
+DEVICE_CODE_FAILURE_LIMIT = 10
 
 csrf = CSRFProtect()
 
@@ -73,13 +79,29 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         slowdown_max=float(limits["LOGIN_SLOWDOWN_MAX"]),
     )
 
+    app.extensions["zhiva_device_throttle"] = Throttle(
+        res.redis, prefix, "device-addr", limit=DEVICE_CODE_FAILURE_LIMIT, window=window
+    )
+    deps = OidcDeps(
+        settings=res.settings,
+        codec=res.codec,
+        state=OidcState(res.redis, prefix, res.revocations),
+        clients=ClientTable(res.settings.database_url),
+        users=res.db,
+        revocations=res.revocations,
+    )
+
+    from .provider import blueprint as provider_blueprint
+    from .provider import browser_session
     from .routes import blueprint, sign_user
 
+    create_authorization_server(app, deps, browser_session)
     csrf.init_app(app)
     # The JSON path carries no cookie authority (the body holds the credentials) and
     # accepts only application/json, which a cross-site form cannot send without a
     # CORS preflight that only allowed origins pass.
     csrf.exempt(sign_user)
     app.register_blueprint(blueprint)
+    app.register_blueprint(provider_blueprint)
     enable_cors(app, res.origins, ("/auth/sign-user",))
     return app

@@ -7,9 +7,13 @@ from typing import Any
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
+from services.stores.clients import ClientTable
 from services.stores.db import Database
+from services.stores.oidc_state import OidcState
+from services.stores.users import UserTable
 from services.web.app import Resources, create_service_app
 from services.web.cors import enable_cors
+from services.web.oidc import OidcDeps, create_authorization_server
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -21,13 +25,28 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("WTF_CSRF_SSL_STRICT", False)
     csrf = CSRFProtect(app)
 
+    from . import provider
     from .routes import API_PATHS, API_VIEWS, blueprint
 
-    # The JSON API is for scripts and other origins' pages: no session, no CSRF
-    # token; browsers are held to the allowed origins instead (see routes).
-    for view in API_VIEWS:
+    zhiva: Resources[Database] = app.extensions["zhiva"]
+    # The token service writes users through SQLAlchemy; the provider reads them (and
+    # its clients) through the driver, as the login service does.
+    create_authorization_server(
+        app,
+        OidcDeps(
+            settings=zhiva.settings,
+            codec=zhiva.codec,
+            state=OidcState(zhiva.redis, zhiva.settings.redis_key_prefix, zhiva.revocations),
+            clients=ClientTable(zhiva.settings.database_url),
+            users=UserTable(zhiva.settings.database_url),
+            revocations=zhiva.revocations,
+        ),
+    )
+    # The JSON API and the OAuth endpoints are for scripts and other origins' pages: no
+    # session, no CSRF token; browsers are held to the allowed origins instead (see routes).
+    for view in (*API_VIEWS, *provider.VIEWS):
         csrf.exempt(view)
     app.register_blueprint(blueprint)
-    zhiva: Resources[Database] = app.extensions["zhiva"]
-    enable_cors(app, zhiva.origins, API_PATHS)
+    app.register_blueprint(provider.blueprint)
+    enable_cors(app, zhiva.origins, API_PATHS + provider.CORS_PATHS)
     return app

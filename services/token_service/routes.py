@@ -103,6 +103,8 @@ def _csrf_error(exc: CSRFError):  # type: ignore[no-untyped-def]
 def jwks():  # type: ignore[no-untyped-def]
     response = jsonify(resources().codec.jwks())
     response.headers["Cache-Control"] = "public, max-age=300"
+    # Public keys: an OpenID Connect client on any origin fetches them.
+    response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 
 
