@@ -14,6 +14,7 @@ declare -A why=(
   [redis-server]="token revocation store (one-off tokens work exactly once)"
   [openssl]="TLS tools"
   [make]="the project's commands"
+  [npm]="fetches the OHIF viewer's published build (@ohif/app) for /viewer/"
   [chromium]="headless browser for the end-to-end browser tests"
   [wrk]="load generator for the benchmarks"
   [valgrind]="counts instructions for the benchmarks (python -m bench.instructions)"
@@ -26,7 +27,8 @@ declare -A why=(
   [aardvark-dns]="name resolution on Podman's container networks"
   [iptables]="Podman's port publishing (HTTPS and DICOM TLS)"
 )
-# A package counts as present when the file it provides is there.
+# A package counts as present when the file it provides is there (one of them, for npm:
+# Node.js's own packages put it in /usr/bin or /usr/local/bin, Debian's in /usr/bin).
 declare -A provides=(
   [orthanc]=/usr/sbin/Orthanc
   [orthanc-dicomweb]=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
@@ -35,6 +37,7 @@ declare -A provides=(
   [redis-server]=/usr/bin/redis-server
   [openssl]=/usr/bin/openssl
   [make]=/usr/bin/make
+  [npm]="/usr/bin/npm /usr/local/bin/npm"
   [chromium]=/usr/bin/chromium
   [wrk]=/usr/bin/wrk
   [valgrind]=/usr/bin/valgrind
@@ -48,9 +51,9 @@ declare -A provides=(
   [iptables]=/usr/sbin/iptables
 )
 case "${1:-}" in
-  "") wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make) ;;
+  "") wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make npm) ;;
   --test) wanted=(orthanc orthanc-dicomweb orthanc-python nginx-light redis-server openssl make
-                  chromium wrk valgrind strace) ;;
+                  npm chromium wrk valgrind strace) ;;
   --containers) wanted=(podman runc catatonit netavark aardvark-dns iptables debootstrap) ;;
   *) echo "usage: $0 [--test|--containers]" >&2; exit 2 ;;
 esac
@@ -73,8 +76,15 @@ configure_podman() {
 }
 
 missing=()
+present() {
+  local path
+  for path in ${provides[$1]}; do
+    [[ -e "$path" ]] && return 0
+  done
+  return 1
+}
 for package in "${wanted[@]}"; do
-  [[ -e "${provides[$package]}" ]] || missing+=("$package")
+  present "$package" || missing+=("$package")
 done
 podman_unset=false
 [[ "${1:-}" == "--containers" && ! -e /etc/containers/containers.conf ]] && podman_unset=true

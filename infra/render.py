@@ -14,10 +14,13 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from infra.dicom_ca import ca_certificate_path, orthanc_modalities
+from infra.viewer import BASE_PATH as VIEWER_PATH
+from infra.viewer import viewer_files
 from services.access.paths import PACS_PREFIX
 from services.access.permissions import (
     METHOD_OVERRIDE_QUERY,
@@ -225,6 +228,33 @@ def _jinja() -> Environment:
     )
 
 
+def viewer_csp(settings: Settings) -> str:
+    """The Content-Security-Policy the viewer's pages run under.
+
+    OHIF's decoders need `'unsafe-eval'` and `'wasm-unsafe-eval'`, its index.html inline
+    scripts and its workers `blob:` (NOTES: checked with Chromium drawing compressed CTs).
+    It talks to its own origin only: DICOMweb and the OpenID Connect provider (the issuer
+    is named too, for a page opened under another name than PUBLIC_HOST).
+    """
+    issuer = urlsplit(settings.oidc_issuer)
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval'",
+            "worker-src 'self' blob:",
+            f"connect-src 'self' {issuer.scheme}://{issuer.netloc} blob: data:",
+            "img-src 'self' data: blob:",
+            "media-src 'self' data: blob:",
+            "style-src 'self' 'unsafe-inline'",
+            "font-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
 def render_native(settings: Settings, only: tuple[str, ...] | None = None) -> Layout:
     """Write nginx.conf, orthanc.json, redis.conf and supervisord.conf under STATE_DIR/conf.
 
@@ -264,6 +294,11 @@ def render_native(settings: Settings, only: tuple[str, ...] | None = None) -> La
         # Who may store and query over DICOM (infra/dicom_ca.py).
         "dicom_ca_certificate": str(ca_certificate_path(settings)),
         "dicom_modalities": orthanc_modalities(settings),
+        # The OHIF viewer (infra/viewer.py): its patched build and rendered app-config.js.
+        "viewer_path": VIEWER_PATH,
+        "viewer_dist": viewer_files(settings.state_dir).dist,
+        "viewer_app_config": viewer_files(settings.state_dir).app_config,
+        "viewer_csp": viewer_csp(settings),
     }
     environment = _jinja()
     for template, name, secret in (

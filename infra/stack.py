@@ -32,13 +32,16 @@ from services.settings import (
     SettingsError,
     load_settings,
 )
+from services.stores.db import Database
+from services.stores.oauth_clients import ensure_viewer_client
 from services.stores.schema import upgrade
 
-from . import containers
+from . import containers, viewer
 from .console import say
 from .containers import ContainerError
 from .render import VENV_BIN, Layout, passed_knobs, programs, render_native
 from .setup import ServiceUser, SetupError, ensure_service_user, share_secrets
+from .viewer import ViewerError
 
 START_TIMEOUT = 90.0
 KNOBS_FILE = "knobs.json"
@@ -181,11 +184,25 @@ def prepare(settings: Settings) -> None:
     layout = Layout(settings.state_dir)
     say(f"rendering configuration into {layout.conf_dir}")
     render_native(settings)
+    # The viewer nginx serves at /viewer/: installed once per release, configured every time.
+    viewer.prepare(settings)
     # `make status`/`down`/`logs` read these, so they describe the stack that runs,
     # not the defaults, when they are called without the knobs `make up` was given.
     (layout.conf_dir / KNOBS_FILE).write_text(json.dumps(passed_knobs(), indent=2) + "\n")
     say("applying database migrations")
     upgrade(settings.database_url)
+    # The viewer's redirect URIs follow PUBLIC_HOST and HTTPS_PORT, so every `make up` checks them.
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            changed = ensure_viewer_client(session, settings)
+    finally:
+        database.engine.dispose()
+    say(
+        "registered the OpenID Connect client zhiva-viewer"
+        if changed
+        else "the OpenID Connect client zhiva-viewer is registered"
+    )
 
 
 def install_system_packages() -> None:
@@ -426,6 +443,7 @@ def _print_urls(settings: Settings, state: str) -> None:
     say(f"  admin page (make tokens)  {base}/auth/token")
     say(f"  sign-in for viewers       {base}/auth/sign-in")
     say(f"  Orthanc Explorer          {base}/zhiva/app/explorer.html?token=<auth token>")
+    say(f"  OHIF viewer               {base}{viewer.BASE_PATH}")
     say(f"  DICOMweb root             {base}/zhiva/pacs/")
     say(
         f"  DICOM TLS                 AE {settings.dicom_aet}, port {settings.dicom_port}, "
@@ -612,7 +630,7 @@ def main(argv: list[str]) -> int:
         if command == "admin":
             return admin(settings, argv[1:])
         result = COMMANDS[command](settings)
-    except (SettingsError, StackError, ContainerError) as problem:
+    except (SettingsError, StackError, ContainerError, ViewerError) as problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0
