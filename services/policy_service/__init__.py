@@ -18,6 +18,7 @@ from typing import Any
 from services.access.handoff import handoff_key
 from services.domain.tokens import TokenCodec
 from services.settings import Settings, load_settings
+from services.stores.clients import ClientTable
 from services.stores.revocation import RevocationMirror
 from services.stores.users import UserTable
 
@@ -36,7 +37,10 @@ class PolicyApp:
         # Followed from Redis by a thread in each worker: no Redis call per decision.
         self.revocations = RevocationMirror(settings.redis_url, settings.redis_key_prefix)
         self.engine = PolicyEngine(
-            TokenCodec.from_settings(settings, can_sign=False), self.revocations, self.users
+            TokenCodec.from_settings(settings, can_sign=False),
+            self.revocations,
+            self.users,
+            clients=ClientTable(settings.database_url),
         )
         self.audit = AuditLog(settings.state_dir / "logs" / "audit.log")
         health = HealthEndpoint(

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from services.access.permissions import Role, required_role, role_of
+from services.domain.clients import ClientRecord
+from services.domain.origins import parse_origin
 from services.domain.tokens import (
     TokenCodec,
     TokenExpired,
@@ -85,6 +87,12 @@ class TTLCache(Generic[K, V]):
             self._data.clear()
 
 
+class Clients(Protocol):
+    """ClientTable (services/stores/clients.py): a registered OpenID Connect client."""
+
+    def find(self, client_id: str) -> ClientRecord | None: ...
+
+
 class Revocations(Protocol):
     """RevocationMirror in the service; RevocationStore (one Redis call each) also fits."""
 
@@ -137,9 +145,27 @@ class VerifiedToken:
     can_edit: bool
     is_admin: bool
     expires: float
+    # OIDC access tokens only (services/web/oidc.py): the client, the refresh-token family
+    # and the account's subject the token was issued to.
+    client_id: str | None = None
+    family: str | None = None
+    subject: str | None = None
 
     @classmethod
     def of(cls, claims: dict[str, Any]) -> VerifiedToken:
+        if "client_id" in claims:  # an OIDC access token (the codec checked which it is)
+            return cls(
+                username=sys.intern(claims["preferred_username"]),
+                jti=claims["jti"],
+                kind=TokenKind.ACCESS,
+                generation=claims["gen"],
+                can_edit=claims["canEditResource"],
+                is_admin=claims["isAdmin"],
+                expires=float(claims["exp"]),
+                client_id=sys.intern(claims["client_id"]),
+                family=claims["fam"],
+                subject=claims["sub"],
+            )
         return cls(
             # One string per user, however many of the user's tokens are cached.
             username=sys.intern(claims["username"]),
@@ -174,12 +200,16 @@ class PolicyEngine:
         revocations: Revocations,
         users: UserTable,
         *,
+        clients: Clients | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.codec = codec
         self.revocations = revocations
         self.users = users
+        self.clients = clients
         self.clock = clock
+        # By client id: its redirect URIs' origins, or None for a removed client.
+        self._clients: TTLCache[str, frozenset[str] | None] = TTLCache()
         # By verification_key(token, origin): a valid token's VerifiedToken, or the reason it
         # was refused ("expired", or "invalid" and the codec's reason).
         self._tokens: TTLCache[bytes, VerifiedToken | tuple[str, str]] = TTLCache(
@@ -188,7 +218,7 @@ class PolicyEngine:
         self._users: TTLCache[str, UserRecord] = TTLCache()
 
     def clear_caches(self) -> None:
-        for cache in (self._tokens, self._users):
+        for cache in (self._tokens, self._users, self._clients):
             cache.clear()
 
     def decide(self, request: AccessRequest) -> Decision:
@@ -227,6 +257,10 @@ class PolicyEngine:
         if self.revocations.is_revoked(jti):
             used = token.kind is TokenKind.AUTH
             return deny("auth token already redeemed" if used else "token revoked")
+        if token.client_id is not None:
+            refused = self._oidc_refusal(token, request.origin, now)
+            if refused:
+                return deny(refused)
         state = self._user_state(user, now)
         if state is _NO_USER:
             return deny("user unknown")
@@ -234,6 +268,8 @@ class PolicyEngine:
             return deny("user disabled")
         if state.token_generation != token.generation:
             return deny("token revoked (generation)")
+        if token.subject is not None and state.subject != token.subject:
+            return deny("user replaced")
         # The smaller of what the token says and what the user is now: a demotion bites at once.
         role = min(
             role_of(token.can_edit, token.is_admin),
@@ -246,6 +282,30 @@ class PolicyEngine:
             True, 200, "granted", validity, user=user, jti=jti, required=required, role=role
         )
 
+    def _oidc_refusal(self, token: VerifiedToken, origin: str | None, now: float) -> str | None:
+        """Why an OIDC access token may not be used here, or None: its client must still be
+        registered, a browser's Origin one of its redirect URIs', its family not revoked."""
+        assert token.client_id is not None and token.family is not None
+        if self.revocations.is_revoked("fam:" + token.family):
+            return "token revoked (family)"
+        origins = self._client_origins(token.client_id, now)
+        if origins is None:
+            return "client removed"
+        if origin:
+            parsed = parse_origin(origin)
+            if parsed is None or str(parsed) not in origins:
+                return "invalid token: bound to another origin"
+        return None
+
+    def _client_origins(self, client_id: str, now: float) -> frozenset[str] | None:
+        cached = self._clients.get(client_id, now)
+        if cached is None:
+            record = self.clients.find(client_id) if self.clients is not None else None
+            cached = record.origins if record is not None else frozenset()
+            self._clients.put(client_id, cached, now + USER_CACHE_SECONDS)
+        # An empty set stands for "no such client": every client has a redirect URI.
+        return cached or None
+
     def _verify(self, token: str | None, origin: str | None, now: float) -> VerifiedToken:
         if not token:
             raise TokenMissing()
@@ -253,7 +313,7 @@ class PolicyEngine:
         cached = self._tokens.get(key, now)
         if cached is None:
             try:
-                claims = self.codec.verify(token, PACS_TOKEN_KINDS, origin=origin or None)
+                claims = self.codec.verify_for_pacs(token, PACS_TOKEN_KINDS, origin=origin or None)
             except TokenExpired:
                 self._tokens.put(key, ("expired", ""), now + 3600)
                 raise

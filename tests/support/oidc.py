@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -14,8 +15,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from services.domain.origins import OriginPolicy
-from services.stores.accounts import save_user, set_disabled
+from services.domain.passwords import hash_password
+from services.stores.accounts import find_user
 from services.stores.db import Database
+from services.stores.models import User
 from services.stores.oauth_clients import add_client
 
 BASE_URL = "https://localhost"
@@ -25,6 +28,12 @@ POST_LOGOUT_URI = CLIENT_ORIGIN + "/"
 PASSWORD = "Provider-Passw0rd!"
 SCOPE = "openid profile offline_access"
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+@functools.cache
+def password_hash() -> str:
+    # bcrypt costs most of a second here; every test's fresh database gets the same hash.
+    return hash_password(PASSWORD)
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -56,18 +65,19 @@ class Provider:
     def user(
         self, username: str = "ann", *, can_edit: bool = False, disabled: bool = False
     ) -> None:
+        """Create (or overwrite) a user with PASSWORD; the bcrypt hash is made once per run."""
         database = self.database()
         try:
             with database.session() as session:
-                save_user(
-                    session,
-                    name="Ann Smith",
-                    username=username,
-                    password=PASSWORD,
-                    can_edit=can_edit,
-                )
-                if disabled:
-                    set_disabled(session, username)
+                user = find_user(session, username)
+                if user is None:
+                    user = User(username=username, token_generation=0)
+                    session.add(user)
+                user.name = "Ann Smith"
+                user.password_hash = password_hash()
+                user.can_edit = can_edit
+                user.is_admin = False
+                user.disabled = disabled
         finally:
             database.engine.dispose()
 
