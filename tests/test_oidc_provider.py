@@ -1,4 +1,4 @@
-"""The OpenID Connect provider's rules (CONTRACT section 7, docs/OIDC.md), each with its refusals.
+"""The OpenID Connect provider's rules (docs/OIDC.md), each with its refusals.
 
 The login app (authorize, logout) and the token app (token, revoke, userinfo,
 discovery) of one real SQLite database and one real Redis, driven as a browser

@@ -141,6 +141,13 @@ class OidcDeps:
         """A refresh-token family's id and absolute end: rotation never extends it."""
         return uuid.uuid4().hex, int(time.time()) + self.settings.refresh_token_lifetime
 
+    def revoked_until(self, family_expires_at: int | None = None) -> int:
+        """How long a family's revocation must last: until the last access token it could
+        have got expires (the family's end, or the longest a family lives from now)."""
+        if family_expires_at is None:
+            family_expires_at = self.new_family()[1]
+        return family_expires_at + self.settings.oidc_access_token_lifetime
+
 
 class OidcClient(ClientMixin):
     """A registered client, as authlib asks about it."""
@@ -370,8 +377,7 @@ class CodeGrant(AuthorizationCodeGrant):
         outcome, record = deps.state.take_code(code)
         if outcome == "reused" and record is not None:
             # A second use revokes what the first one was given.
-            _, expires_at = deps.new_family()
-            deps.state.revoke_family(record["family"], expires_at)
+            deps.state.revoke_family(record["family"], deps.revoked_until())
             log.warning("authorization code used twice: family %s revoked", record["family"])
             raise InvalidGrantError("the code was already used")
         if outcome != "ok" or record is None or record["client_id"] != client.get_client_id():
@@ -678,7 +684,8 @@ class ZhivaRevocationEndpoint(RevocationEndpoint):
     def revoke_token(self, token: RefreshRecord | AccessTokenView, request: Any) -> None:
         deps = self.server.deps
         if isinstance(token, RefreshRecord):
-            deps.state.revoke_family(token["family"], int(token["family_expires_at"]))
+            until = deps.revoked_until(int(token["family_expires_at"]))
+            deps.state.revoke_family(token["family"], until)
         else:
             deps.revocations.revoke(token.claims["jti"], int(token.claims["exp"]))
 
@@ -729,9 +736,8 @@ def end_browser_session(deps: OidcDeps, session_id: str | None) -> None:
     """Forget a provider session and revoke every token family it signed into."""
     if not session_id:
         return
-    _, expires_at = deps.new_family()
     for family in deps.state.end_session(session_id):
-        deps.state.revoke_family(family, expires_at)
+        deps.state.revoke_family(family, deps.revoked_until())
 
 
 def signing_keys(codec: TokenCodec) -> tuple[KeySet, KeySet]:
