@@ -387,6 +387,23 @@ def _removed_client(world: World) -> Row:
     )
 
 
+def _re_added_client(world: World) -> Row:
+    world.provider.client("again")
+    token = world.access("viewer", "again")
+
+    def re_add() -> None:
+        time.sleep(1.01)  # registrations are compared with tokens' `iat`, by the second
+        world.change(lambda session: remove_client(session, "again"))
+        world.provider.client("again")
+
+    return Row(
+        _read(world.access("viewer")),
+        _read(token),
+        "client removed (registered again since)",
+        re_add,
+    )
+
+
 def _disabled_user(world: World) -> Row:
     world.user("dora")
     return Row(
@@ -532,6 +549,7 @@ ROWS: dict[str, Callable[[World], Row]] = {
     "expired": _expired,
     "foreign origin": _foreign_origin,
     "removed client": _removed_client,
+    "re-added client": _re_added_client,
     "disabled user": _disabled_user,
     "replaced user": _replaced_user,
     "revoke-tokens": _revoked_generation,

@@ -698,3 +698,25 @@ def test_the_full_flow_raises_no_warning(provider: Provider):
 def test_pkce_pair_helper_is_s256():
     verifier, challenge = pkce_pair()
     assert 43 <= len(verifier) <= 128 and len(challenge) == 43
+
+
+def test_a_removed_then_re_added_client_does_not_revive_old_tokens(provider: Provider):
+    from services.stores.oauth_clients import remove_client
+
+    tokens = provider.tokens()
+    time.sleep(1.01)  # registrations are compared with tokens' `iat`, by the second
+    database = provider.database()
+    try:
+        with database.session() as session:
+            remove_client(session, "app")
+    finally:
+        database.engine.dispose()
+    provider.client()
+    assert provider.refresh(tokens["refresh_token"]).get_json()["error"] == "invalid_grant"
+    info = provider.machine.get(
+        "/auth/oauth/userinfo",
+        base_url=BASE_URL,
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    )
+    assert info.status_code == 401
+    assert provider.refresh(provider.tokens()["refresh_token"]).status_code == 200

@@ -12,13 +12,14 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from services.domain.origins import OriginPolicy, parse_origin
 
-# Registered by `make up` for the local viewer (docs/design/oidc-provider.md, section 6).
+# Registered by `make up` for the local viewer (docs/OIDC.md, Clients).
 VIEWER_CLIENT_ID = "zhiva-viewer"
 
 MAX_URI_LENGTH = 2048
@@ -38,6 +39,9 @@ class ClientRecord:
     secret_hash: str | None  # SHA-256 hex of the secret; None: a public client
     redirect_uris: tuple[str, ...]
     post_logout_redirect_uris: tuple[str, ...]
+    # When this registration was made (epoch seconds): tokens older than it were issued to
+    # a removed client of the same id, and are refused.
+    registered_at: float = field(default=0.0, compare=False)
 
     @property
     def is_public(self) -> bool:
@@ -58,7 +62,7 @@ class ClientRecord:
 
 def hash_secret(secret: str) -> str:
     """SHA-256 hex: the secret is 256 random bits, so a slow hash would add nothing but
-    the cost of every token request (docs/design/oidc-provider.md, section 4)."""
+    the cost of every token request (docs/OIDC.md, Clients)."""
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -115,13 +119,34 @@ def _uris_of(stored: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _epoch(stored: object) -> float:
+    """Epoch seconds of a stored timestamp: a datetime (psycopg) or ISO text (SQLite),
+    UTC when it names no zone."""
+    moment = datetime.fromisoformat(stored) if isinstance(stored, str) else stored
+    if not isinstance(moment, datetime):
+        raise ValueError("created_at is not a timestamp")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 def record_of(
-    client_id: object, secret_hash: object, redirect_uris: object, post_logout: object
+    client_id: object,
+    secret_hash: object,
+    redirect_uris: object,
+    post_logout: object,
+    created_at: object,
 ) -> ClientRecord:
     """The record of a stored row; ValueError when the row is not one this code wrote."""
     if not isinstance(client_id, str) or not (secret_hash is None or isinstance(secret_hash, str)):
         raise ValueError("client_id or secret_hash is not text")
-    return ClientRecord(client_id, secret_hash, _uris_of(redirect_uris), _uris_of(post_logout))
+    return ClientRecord(
+        client_id,
+        secret_hash,
+        _uris_of(redirect_uris),
+        _uris_of(post_logout),
+        _epoch(created_at),
+    )
 
 
 class _PublicURL(Protocol):

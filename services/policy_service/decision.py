@@ -150,6 +150,7 @@ class VerifiedToken:
     client_id: str | None = None
     family: str | None = None
     subject: str | None = None
+    issued_at: float = 0.0
 
     @classmethod
     def of(cls, claims: dict[str, Any]) -> VerifiedToken:
@@ -165,6 +166,7 @@ class VerifiedToken:
                 client_id=sys.intern(claims["client_id"]),
                 family=claims["fam"],
                 subject=claims["sub"],
+                issued_at=float(claims["iat"]),
             )
         return cls(
             # One string per user, however many of the user's tokens are cached.
@@ -193,6 +195,10 @@ _NO_USER = UserRecord(
 )
 
 
+# Cached for a client id that names no client, so the policy does not ask again at once.
+_NO_CLIENT = ClientRecord("", None, (), ())
+
+
 class PolicyEngine:
     def __init__(
         self,
@@ -208,8 +214,8 @@ class PolicyEngine:
         self.users = users
         self.clients = clients
         self.clock = clock
-        # By client id: its redirect URIs' origins, or None for a removed client.
-        self._clients: TTLCache[str, frozenset[str] | None] = TTLCache()
+        # By client id: its record, or _NO_CLIENT for a removed one.
+        self._clients: TTLCache[str, ClientRecord] = TTLCache()
         # By verification_key(token, origin): a valid token's VerifiedToken, or the reason it
         # was refused ("expired", or "invalid" and the codec's reason).
         self._tokens: TTLCache[bytes, VerifiedToken | tuple[str, str]] = TTLCache(
@@ -288,23 +294,24 @@ class PolicyEngine:
         assert token.client_id is not None and token.family is not None
         if self.revocations.is_revoked("fam:" + token.family):
             return "token revoked (family)"
-        origins = self._client_origins(token.client_id, now)
-        if origins is None:
+        client = self._client(token.client_id, now)
+        if client is None:
             return "client removed"
+        if token.issued_at < int(client.registered_at):
+            return "client removed (registered again since)"
         if origin:
             parsed = parse_origin(origin)
-            if parsed is None or str(parsed) not in origins:
+            if parsed is None or str(parsed) not in client.origins:
                 return "invalid token: bound to another origin"
         return None
 
-    def _client_origins(self, client_id: str, now: float) -> frozenset[str] | None:
+    def _client(self, client_id: str, now: float) -> ClientRecord | None:
         cached = self._clients.get(client_id, now)
         if cached is None:
             record = self.clients.find(client_id) if self.clients is not None else None
-            cached = record.origins if record is not None else frozenset()
+            cached = record or _NO_CLIENT
             self._clients.put(client_id, cached, now + USER_CACHE_SECONDS)
-        # An empty set stands for "no such client": every client has a redirect URI.
-        return cached or None
+        return None if cached is _NO_CLIENT else cached
 
     def _verify(self, token: str | None, origin: str | None, now: float) -> VerifiedToken:
         if not token:

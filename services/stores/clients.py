@@ -15,7 +15,13 @@ from services.stores.driver import DriverTable
 
 log = logging.getLogger("zhiva")
 
-CLIENT_COLUMNS = ("client_id", "secret_hash", "redirect_uris", "post_logout_redirect_uris")
+CLIENT_COLUMNS = (
+    "client_id",
+    "secret_hash",
+    "redirect_uris",
+    "post_logout_redirect_uris",
+    "created_at",
+)
 
 
 class ClientTable(DriverTable):

@@ -85,7 +85,11 @@ def list_clients(session: Session) -> list[ClientRecord]:
         try:
             records.append(
                 record_of(
-                    row.client_id, row.secret_hash, row.redirect_uris, row.post_logout_redirect_uris
+                    row.client_id,
+                    row.secret_hash,
+                    row.redirect_uris,
+                    row.post_logout_redirect_uris,
+                    row.created_at,
                 )
             )
         except ValueError as error:

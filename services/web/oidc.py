@@ -469,13 +469,15 @@ class ZhivaRefreshTokenGrant(RefreshTokenGrant):
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         client = self.request.client  # authenticated by authlib before this is called
-        outcome, record = self.server.deps.state.rotate_refresh(
-            refresh_token, client.get_client_id()
-        )
+        deps = self.server.deps
+        outcome, record = deps.state.rotate_refresh(refresh_token, client.get_client_id())
         if outcome == "reused":
             log.warning("a spent refresh token was used again: its family is revoked")
         if outcome != "ok" or record is None:
             return None
+        started = int(record["family_expires_at"]) - deps.settings.refresh_token_lifetime
+        if started < int(client.record.registered_at):
+            return None  # issued to a removed client of the same id
         return RefreshRecord(record)
 
     def authenticate_user(self, refresh_token: RefreshRecord) -> Subject:
@@ -613,8 +615,8 @@ def access_token_view(
     except TokenError:
         return None
     client = server.query_client(claims["client_id"])
-    if client is None:
-        return None
+    if client is None or claims["iat"] < int(client.record.registered_at):
+        return None  # a removed client's, or one of the same id registered before
     user = deps.users.find(claims["preferred_username"])
     revoked = (
         user is None
