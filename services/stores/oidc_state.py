@@ -1,5 +1,5 @@
 """The OpenID Connect provider's state in Redis: codes, nonces, refresh families,
-browser sessions and device codes (docs/design/oidc-provider.md, sections 2, 3, 5, 6).
+browser sessions and device codes (docs/OIDC.md).
 
 Every change of more than one step is one Lua script, so concurrent requests
 on any worker or host see it whole: a code or a refresh token works exactly
