@@ -27,6 +27,8 @@ from services.access.permissions import (
     SHARED_READ_CLASS,
     SHARED_READ_METHODS,
     SHARED_READ_PATH,
+    STUDY_CLASS_PREFIX,
+    STUDY_READ_PATH,
 )
 from services.domain.origins import origin_regex
 from services.settings import (
@@ -291,6 +293,8 @@ def render_native(settings: Settings, only: tuple[str, ...] | None = None) -> La
         "shared_read_methods": "|".join(SHARED_READ_METHODS),
         "shared_read_path": SHARED_READ_PATH,
         "shared_read_class": SHARED_READ_CLASS,
+        "study_read_path": STUDY_READ_PATH,
+        "study_class_prefix": STUDY_CLASS_PREFIX,
         # Who may store and query over DICOM (infra/dicom_ca.py).
         "dicom_ca_certificate": str(ca_certificate_path(settings)),
         "dicom_modalities": orthanc_modalities(settings),

@@ -234,7 +234,8 @@ NGINX_NEAR_MISSES = [
 @pytest.mark.stack
 @pytest.mark.e2e
 def test_one_grant_serves_a_viewers_plain_reads(stack, users):
-    """A viewer opening a study costs one decision per grant, not one per image."""
+    """A viewer opening a study costs one decision per grant, not one per image: one for its
+    DICOMweb reads (the study's own class, which share tokens need), one for the rest."""
     codec, made = users
     viewer, claims = codec.issue(TokenKind.ACCESS, made["viewer"])
     headers = {"token": viewer}
@@ -253,7 +254,7 @@ def test_one_grant_serves_a_viewers_plain_reads(stack, users):
         statuses = [_pacs(stack, "GET", path, headers).status_code for path in reads]
         seconds = time.monotonic() - started
         assert all(status not in (401, 403) for status in statuses), statuses
-        return _decisions_about(stack, claims["jti"]) - before <= 1, seconds
+        return _decisions_about(stack, claims["jti"]) - before <= 2, seconds
 
     _within_one_grant(attempt)
 

@@ -363,6 +363,10 @@ class Authorizer:
             "token-key": key_name,
             "token-value": token,
         }
+        if get and method == "get":
+            # As Orthanc parsed them: a share token's QIDO must name its study (the policy's
+            # services/access/shares.py), and a repeated name reaches us as Orthanc reads it.
+            body["get"] = {str(name): str(value) for name, value in get.items()}
         if origin:
             body["origin"] = origin
         if request.get("ip"):

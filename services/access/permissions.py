@@ -110,10 +110,35 @@ def is_shared_read(method: str, raw_path: str) -> bool:
     return method in SHARED_READ_METHODS and _SHARED_READ.fullmatch(raw_path) is not None
 
 
+# A DICOM UID: digits and dots, at most 64 characters.
+UID = re.compile(r"[0-9][0-9.]{0,63}")
+# The plain reads under one DICOMweb study (`/pacs/studies/<UID>/…`) form a class of their
+# own, inside the shared-read class: a share token's grant (services/access/shares.py) is
+# the same for all of them, so nginx may reuse it there, and nowhere else.
+STUDY_READ_PATH = (
+    r"/(?:pacs|dicom-web)/studies/(?<study_uid>[0-9][0-9.]{0,63})"
+    r"(?:/(?!\.\.?(?:/|$))[a-z0-9._-]{1,128}){0,9}/?"
+)
+STUDY_CLASS_PREFIX = "study:"
+_STUDY_READ = re.compile(STUDY_READ_PATH.replace("(?<", "(?P<"))
+
+
+def study_class(method: str, raw_path: str) -> str | None:
+    """`study:<UID>` for a plain read under one DICOMweb study, else None (path, no query)."""
+    if method not in SHARED_READ_METHODS:
+        return None
+    match = _STUDY_READ.fullmatch(raw_path)
+    return STUDY_CLASS_PREFIX + match.group("study_uid") if match else None
+
+
 def handoff_scope(method: str, orthanc_uri: str) -> str:
-    """What nginx's handoff value binds besides method and token (handoff.py): the plain-read
-    class, whose one grant nginx reuses for all of a token's plain reads, else the path as
-    Orthanc reads it. Both doors compute it from Orthanc's reading, so they agree."""
+    """What nginx's handoff value binds besides method and token (handoff.py): the class of
+    plain reads whose one grant nginx reuses (one DICOMweb study's, or all plain reads),
+    else the path as Orthanc reads it. Both doors compute it from Orthanc's reading, so
+    they agree."""
+    study = study_class(method, orthanc_uri)
+    if study is not None:
+        return study
     return SHARED_READ_CLASS if is_shared_read(method, orthanc_uri) else orthanc_uri
 
 

@@ -39,6 +39,7 @@ class TokenKind(enum.StrEnum):
     AUTH = "auth"
     ACCESS = "access"
     REFRESH = "refresh"
+    SHARE = "share"  # reads one study (services/domain/shares.py)
 
 
 class TokenError(Exception):
@@ -152,6 +153,8 @@ class TokenCodec:
             TokenKind.AUTH: settings.auth_token_lifetime,
             TokenKind.ACCESS: settings.access_token_lifetime,
             TokenKind.REFRESH: settings.refresh_token_lifetime,
+            # A share's lifetime is its own (services/domain/shares.py); this is the default.
+            TokenKind.SHARE: 7 * 24 * 3600,
         }
         return cls(
             public,

@@ -19,6 +19,7 @@ from services.access.handoff import handoff_key
 from services.domain.tokens import TokenCodec
 from services.settings import Settings, load_settings
 from services.stores.clients import ClientTable
+from services.stores.orthanc import OrthancResources
 from services.stores.revocation import RevocationMirror
 from services.stores.users import UserTable
 
@@ -41,6 +42,12 @@ class PolicyApp:
             self.revocations,
             self.users,
             clients=ClientTable(settings.database_url),
+            # Which study a series or an instance is in, for share tokens.
+            resources=(
+                OrthancResources(settings.orthanc_http_port, settings.secret_key)
+                if settings.secret_key
+                else None
+            ),
         )
         self.audit = AuditLog(settings.state_dir / "logs" / "audit.log")
         health = HealthEndpoint(

@@ -26,8 +26,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import parse_qsl
 
 from services.access.permissions import Role, required_role, role_of
+from services.access.shares import SharedStudy, Verdict, share_verdict
 from services.domain.clients import ClientRecord
 from services.domain.origins import parse_origin
 from services.domain.tokens import (
@@ -38,6 +40,7 @@ from services.domain.tokens import (
     TokenMissing,
 )
 from services.domain.user import UserRecord
+from services.stores.orthanc import OrthancUnavailable
 from services.stores.revocation import StoreUnavailable
 from services.stores.users import UserTable
 
@@ -50,7 +53,9 @@ CACHE_ENTRIES = 20_000
 # An entry is a SHA-256 of (token, origin) and what a decision reads from the token
 # (VerifiedToken), about 0.6 KB whatever a client sends: the cache stays near 2.5 MB.
 TOKEN_CACHE_ENTRIES = 4_096
-PACS_TOKEN_KINDS = (TokenKind.ACCESS, TokenKind.AUTH)
+PACS_TOKEN_KINDS = (TokenKind.ACCESS, TokenKind.AUTH, TokenKind.SHARE)
+# An Orthanc resource's parent never changes: its study is remembered this long.
+RESOURCE_CACHE_SECONDS = 24 * 3600.0
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -93,6 +98,14 @@ class Clients(Protocol):
     def find(self, client_id: str) -> ClientRecord | None: ...
 
 
+class StudyResolver(Protocol):
+    """OrthancResources (services/stores/orthanc.py): the study of a series or an instance."""
+
+    def study_of(self, level: str, orthanc_id: str) -> str | None:
+        """Raises OrthancUnavailable when Orthanc cannot say."""
+        ...
+
+
 class Revocations(Protocol):
     """RevocationMirror in the service; RevocationStore (one Redis call each) also fits."""
 
@@ -113,6 +126,7 @@ class AccessRequest:
     level: str = "system"
     resource: str | None = None
     via: str = "webhook"
+    query: str = ""  # the raw query string: what a share token's QIDO names
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,9 @@ class Decision:
     # The token's effective role, on grants: lets a caller judge the token's next
     # requests itself, with the same table, for `validity` seconds.
     role: Role | None = None
+    # A share token's grant: the StudyInstanceUID it is good for (no role: it reads one
+    # study, so a caller may reuse the grant only for that study's reads).
+    study: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +168,8 @@ class VerifiedToken:
     family: str | None = None
     subject: str | None = None
     issued_at: float = 0.0
+    # Share tokens only: the study they read.
+    study: SharedStudy | None = None
 
     @classmethod
     def of(cls, claims: dict[str, Any]) -> VerifiedToken:
@@ -168,15 +187,23 @@ class VerifiedToken:
                 subject=claims["sub"],
                 issued_at=float(claims["iat"]),
             )
+        kind = TokenKind(claims["kind"])
+        study = None
+        if kind is TokenKind.SHARE:
+            uid, orthanc_id = claims.get("study"), claims.get("studyId")
+            if not (isinstance(uid, str) and isinstance(orthanc_id, str)):
+                raise TokenInvalid("a share token without its study")
+            study = SharedStudy(uid, orthanc_id)
         return cls(
             # One string per user, however many of the user's tokens are cached.
             username=sys.intern(claims["username"]),
             jti=claims["jti"],
-            kind=TokenKind(claims["kind"]),
+            kind=kind,
             generation=claims["gen"],
             can_edit=claims["canEditResource"],
             is_admin=claims["isAdmin"],
             expires=float(claims["exp"]),
+            study=study,
         )
 
 
@@ -207,13 +234,17 @@ class PolicyEngine:
         users: UserTable,
         *,
         clients: Clients | None = None,
+        resources: StudyResolver | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.codec = codec
         self.revocations = revocations
         self.users = users
         self.clients = clients
+        self.resources = resources
         self.clock = clock
+        # By (level, Orthanc ID): the Orthanc ID of its study ("" when it has none).
+        self._studies: TTLCache[tuple[str, str], str] = TTLCache()
         # By client id: its record, or _NO_CLIENT for a removed one.
         self._clients: TTLCache[str, ClientRecord] = TTLCache()
         # By verification_key(token, origin): a valid token's VerifiedToken, or the reason it
@@ -224,7 +255,7 @@ class PolicyEngine:
         self._users: TTLCache[str, UserRecord] = TTLCache()
 
     def clear_caches(self) -> None:
-        for cache in (self._tokens, self._users, self._clients):
+        for cache in (self._tokens, self._users, self._clients, self._studies):
             cache.clear()
 
     def decide(self, request: AccessRequest) -> Decision:
@@ -263,6 +294,8 @@ class PolicyEngine:
         if self.revocations.is_revoked(jti):
             used = token.kind is TokenKind.AUTH
             return deny("auth token already redeemed" if used else "token revoked")
+        if token.study is not None:
+            return self._share_decision(request, token, required, now)
         if token.client_id is not None:
             refused = self._oidc_refusal(token, request.origin, now)
             if refused:
@@ -287,6 +320,58 @@ class PolicyEngine:
         return Decision(
             True, 200, "granted", validity, user=user, jti=jti, required=required, role=role
         )
+
+    def _share_decision(
+        self, request: AccessRequest, token: VerifiedToken, required: Role, now: float
+    ) -> Decision:
+        """A share token reads its study and nothing else (services/access/shares.py). It
+        does not act as its creator: no user's state is read."""
+        assert token.study is not None
+
+        def deny(reason: str) -> Decision:
+            return Decision(
+                False,
+                403,
+                f"share: {reason}",
+                user=token.username,
+                jti=token.jti,
+                required=required,
+            )
+
+        query = parse_qsl(request.query, keep_blank_values=True)
+        judgement = share_verdict(request.method, request.path, query, token.study)
+        if judgement.verdict is Verdict.DENY:
+            return deny(judgement.reason)
+        for level, orthanc_id in judgement.resources:
+            try:
+                study = self._study_of(level, orthanc_id, now)
+            except OrthancUnavailable:
+                return deny("the PACS does not answer")
+            if study != token.study.orthanc_id:
+                return deny("another study")
+        validity = max(0, min(MAX_VALIDITY_SECONDS, int(token.expires - now)))
+        return Decision(
+            True,
+            200,
+            "granted (share)",
+            validity,
+            user=token.username,
+            jti=token.jti,
+            required=required,
+            study=token.study.uid,
+        )
+
+    def _study_of(self, level: str, orthanc_id: str, now: float) -> str:
+        key = (level, orthanc_id)
+        study = self._studies.get(key, now)
+        if study is None:
+            if self.resources is None:
+                return ""
+            study = self.resources.study_of(level, orthanc_id) or ""
+            # An unknown resource is asked about again soon: it may be being uploaded.
+            ttl = RESOURCE_CACHE_SECONDS if study else USER_CACHE_SECONDS
+            self._studies.put(key, study, now + ttl)
+        return study
 
     def _oidc_refusal(self, token: VerifiedToken, origin: str | None, now: float) -> str | None:
         """Why an OIDC access token may not be used here, or None: its client must still be
@@ -328,7 +413,11 @@ class PolicyEngine:
                 # A forged token stays forged: remembering it spares the RSA check.
                 self._tokens.put(key, ("invalid", error.reason), now + 60)
                 raise
-            verified = VerifiedToken.of(claims)
+            try:
+                verified = VerifiedToken.of(claims)
+            except TokenInvalid as error:
+                self._tokens.put(key, ("invalid", error.reason), now + 60)
+                raise
             if verified.expires > now:
                 self._tokens.put(key, verified, verified.expires)
             return verified

@@ -15,12 +15,12 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from services.access.handoff import HEADER as HANDOFF_HEADER
 from services.access.handoff import bearer, bound_value, token_of
 from services.access.paths import PACS_PREFIX, orthanc_path, split_query
-from services.access.permissions import handoff_scope, overrides_method
+from services.access.permissions import SHARED_READ_CLASS, handoff_scope, overrides_method
 
 from .audit import AuditLog
 from .decision import AccessRequest, Decision, PolicyEngine
@@ -83,15 +83,22 @@ def webhook_request(body: Any) -> AccessRequest | None:
     token = None
     if _string(body, "token-value") is not None:
         token = bearer(body["token-value"]) or body["token-value"].strip()
+    path, query = split_query(uri)
+    # Our plugin sends the GET arguments as Orthanc parsed them: what a share's QIDO names.
+    arguments = body.get("get")
+    if isinstance(arguments, dict):
+        pairs = [(str(name), str(value)) for name, value in arguments.items()]
+        query = urlencode(pairs)
     return AccessRequest(
         token=token,
         method=method.upper(),
-        path=split_query(uri)[0],
+        path=path,
         origin=_string(body, "origin"),
         client=_string(body, "ip"),
         level=level,
         resource=resource,
         via="webhook",
+        query=query,
     )
 
 
@@ -118,6 +125,7 @@ def nginx_request(environ: dict[str, Any]) -> AccessRequest | None:
         origin=environ.get("HTTP_ORIGIN") or None,
         client=environ.get("HTTP_X_REAL_IP") or environ.get("REMOTE_ADDR"),
         via="nginx",
+        query=query,
     )
 
 
@@ -196,16 +204,21 @@ class DecisionEndpoints:
         else:
             decision = self.decide(access)
         if decision.granted and access is not None:
+            # A granted path always has Orthanc's reading (the table refuses the others).
+            scope = handoff_scope(access.method, orthanc_path(access.path))
+            validity = decision.validity
+            if decision.study is not None and scope == SHARED_READ_CLASS:
+                # nginx would reuse this grant for every plain read of the token, other
+                # studies' too: a share's is reused only within its study's class.
+                validity = 0
             headers = [
                 # nginx's proxy_cache reads only X-Accel-Expires (it ignores Cache-Control there).
-                ("Cache-Control", f"private, max-age={decision.validity}"),
-                ("X-Accel-Expires", str(decision.validity)),
+                ("Cache-Control", f"private, max-age={validity}"),
+                ("X-Accel-Expires", str(validity)),
             ]
-            if not decision.validity:
+            if not validity:
                 headers = list(NOT_CACHED)
             if self.handoff_key is not None:
-                # A granted path always has Orthanc's reading (the table refuses the others).
-                scope = handoff_scope(access.method, orthanc_path(access.path))
                 value = bound_value(self.handoff_key, access.method, scope, access.token)
                 headers.append((HANDOFF_HEADER, value))
             return _empty(start_response, "204 No Content", headers)
