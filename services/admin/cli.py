@@ -1,5 +1,5 @@
-"""`zhiva-admin`: manage users, OpenID Connect clients and DICOM modalities from a shell on
-the server.
+"""`zhiva-admin`: manage users, OpenID Connect clients, share links and DICOM modalities from a
+shell on the server.
 
 Settings load exactly as the services load them (`CONFIG_DIR/.env`, then the
 environment), so the CLI works on the database the services use. Passwords
@@ -23,6 +23,15 @@ from infra import dicom_ca
 from services.domain.clients import ClientError
 from services.domain.origins import OriginPolicy
 from services.domain.passwords import STRONG_PASSWORD_RULE
+from services.domain.shares import (
+    DEFAULT_LIFETIME,
+    ShareError,
+    check_pin,
+    check_study_uid,
+    issue_share_token,
+    parse_duration,
+)
+from services.domain.tokens import TokenCodec
 from services.settings import Settings, SettingsError, load_settings
 from services.stores.accounts import (
     AccountError,
@@ -34,6 +43,17 @@ from services.stores.accounts import (
 from services.stores.db import Database
 from services.stores.models import User
 from services.stores.oauth_clients import add_client, list_clients, remove_client
+from services.stores.orthanc import OrthancResources, OrthancUnavailable
+from services.stores.revocation import RevocationStore, StoreUnavailable, redis_client
+from services.stores.shares import (
+    CLI_CREATOR,
+    create_share,
+    find_share,
+    iso,
+    list_shares,
+    listing,
+    revoke_share,
+)
 
 
 def _settings() -> Settings:
@@ -270,6 +290,123 @@ def remove_oauth_client(client_id: str) -> None:
     with _session() as session:
         remove_client(session, client_id)
     click.echo(f"removed client {client_id}")
+
+
+@main.group(
+    help="Share links: a link that opens one study in the viewer, without an account, for a "
+    "while (until it expires or is revoked). Needs the running stack (Orthanc, Redis)."
+)
+def shares() -> None:
+    pass
+
+
+def _read_pin(from_stdin: bool) -> str:
+    if from_stdin:
+        pin = sys.stdin.readline().strip()
+        if not pin:
+            raise click.ClickException("no PIN on standard input")
+    else:
+        # On stderr: stdout is the JSON answer.
+        pin = click.prompt(
+            "PIN (4 to 12 digits)", hide_input=True, confirmation_prompt=True, err=True
+        )
+    try:
+        check_pin(pin)
+    except ShareError as error:
+        raise click.ClickException(str(error)) from None
+    return pin
+
+
+@shares.command("create")
+@click.option("--study", "study_uid", required=True, help="The StudyInstanceUID to share.")
+@click.option(
+    "--expires",
+    default=f"{DEFAULT_LIFETIME // 86400}d",
+    show_default=True,
+    help="How long the link works: seconds, or 90m, 12h, 7d, 2w (at most a year).",
+)
+@click.option("--pin", "ask_pin", is_flag=True, help="Ask for a PIN (hidden prompt).")
+@click.option(
+    "--pin-stdin", is_flag=True, help="Read the PIN from the first line of stdin (implies --pin)."
+)
+def create_share_link(study_uid: str, expires: str, ask_pin: bool, pin_stdin: bool) -> None:
+    """Share a stored study; prints {"id", "url", "token", "expiresAt"} as JSON. The token is
+    shown only now (the link mints its own); with a PIN, the link asks for it."""
+    settings = _settings()
+    try:
+        uid = check_study_uid(study_uid)
+        lifetime = parse_duration(expires)
+    except ShareError as error:
+        raise click.ClickException(str(error)) from None
+    pin = _read_pin(pin_stdin) if ask_pin or pin_stdin else None
+    orthanc = OrthancResources(settings.orthanc_http_port, settings.secret_key)
+    try:
+        study_id = orthanc.find_study(uid)
+    except OrthancUnavailable:
+        raise click.ClickException(
+            f"Orthanc does not answer on 127.0.0.1:{settings.orthanc_http_port}: is the stack "
+            "up (`make status`)?"
+        ) from None
+    finally:
+        orthanc.close()
+    if study_id is None:
+        raise click.ClickException(f"no study {uid} in the PACS")
+    with _session(settings) as session:
+        share = create_share(
+            session,
+            study_uid=uid,
+            study_id=study_id,
+            created_by=CLI_CREATOR,
+            lifetime=lifetime,
+            pin=pin,
+        )
+    token, _claims = issue_share_token(TokenCodec.from_settings(settings, can_sign=True), share)
+    answer = {
+        "id": share.id,
+        "url": f"{settings.public_base_url}/auth/share/{share.id}",
+        "token": token,
+        "expiresAt": iso(share.expires_at),
+    }
+    click.echo(json.dumps(answer))
+
+
+@shares.command("list")
+def list_share_links() -> None:
+    """One JSON object per line, the newest first: id, study, creator, dates, revoked, whether
+    it has a PIN. Never a token, nor a PIN."""
+    with _session() as session:
+        found = list_shares(session, None)
+    if not found:
+        click.echo("no shares", err=True)
+    for share in found:
+        click.echo(json.dumps(listing(share)))
+
+
+@shares.command("revoke")
+@click.argument("share_id")
+def revoke_share_link(share_id: str) -> None:
+    """Revoke SHARE_ID: its link and every token it gave stop working within 5 seconds."""
+    settings = _settings()
+    client = redis_client(settings.redis_url)
+    revocations = RevocationStore(
+        client, settings.redis_key_prefix, keep_seconds=settings.longest_token_lifetime
+    )
+    try:
+        with _session(settings) as session:
+            share = find_share(session, share_id)
+            if share is None:
+                raise click.ClickException(f"no share {share_id!r}")
+            revoke_share(session, share.id)
+            # Before the commit: when Redis cannot take it, revoked_at is not written either.
+            revocations.revoke(share.id, share.expires_at)
+    except StoreUnavailable:
+        raise click.ClickException(
+            f"Redis does not answer on 127.0.0.1:{settings.redis_port}: is the stack up "
+            "(`make status`)? Nothing was revoked"
+        ) from None
+    finally:
+        client.close()
+    click.echo(f"revoked share {share.id} of study {share.study_uid}")
 
 
 @main.group(

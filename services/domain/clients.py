@@ -60,6 +60,22 @@ class ClientRecord:
         return hmac.compare_digest(hash_secret(secret), self.secret_hash)
 
 
+def client_refusal(client: ClientRecord | None, issued_at: float, origin: str | None) -> str | None:
+    """Why an OIDC access token of `client` (issued at `issued_at`) may not be used from
+    `origin`, or None: the client must still be registered, and have been when the token was
+    issued (a removed client's id may be registered again), and a browser's Origin must be
+    one of its redirect URIs' (no Origin: no browser, judged without it)."""
+    if client is None:
+        return "client removed"
+    if issued_at < int(client.registered_at):
+        return "client removed (registered again since)"
+    if origin:
+        parsed = parse_origin(origin)
+        if parsed is None or str(parsed) not in client.origins:
+            return "invalid token: bound to another origin"
+    return None
+
+
 def hash_secret(secret: str) -> str:
     """SHA-256 hex: the secret is 256 random bits, so a slow hash would add nothing but
     the cost of every token request (docs/OIDC.md, Clients)."""

@@ -1,4 +1,5 @@
-"""The login service: /auth/sign-in, which sends the viewer back with a one-off auth token.
+"""The login service: /auth/sign-in, which sends the viewer back with a one-off auth token;
+the OpenID Connect provider's browser pages; share links' page (/auth/share/<id>).
 
 It only reads users, through the database driver (services/stores/users.py),
 so no login process carries SQLAlchemy's heap (tests/test_policy_users.py
@@ -16,12 +17,15 @@ from flask_wtf.csrf import CSRFProtect
 from services.settings import SettingsError
 from services.stores.clients import ClientTable
 from services.stores.oidc_state import OidcState
+from services.stores.share_table import ShareTable
 from services.stores.throttle import MAX_SLOWDOWN_SECONDS, SLOWDOWN_STEP_SECONDS, Throttle
 from services.stores.users import UserTable
 from services.web.app import create_service_app
 from services.web.cors import enable_cors
 from services.web.oidc import OidcDeps, create_authorization_server
 
+from .shares import PIN_LIMIT as SHARE_PIN_LIMIT
+from .shares import PIN_WINDOW as SHARE_PIN_WINDOW
 from .signin import SignIn
 
 # Sign-in throttling (signin.py's SignIn says how the counters work). Failures of one
@@ -82,6 +86,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["zhiva_device_throttle"] = Throttle(
         res.redis, prefix, "device-addr", limit=DEVICE_CODE_FAILURE_LIMIT, window=window
     )
+    # Share links' page (shares.py): the shares table, and wrong PINs counted per share.
+    app.extensions["zhiva_shares"] = ShareTable(res.settings.database_url)
+    app.extensions["zhiva_share_pin_throttle"] = Throttle(
+        res.redis, prefix, "share-pin", limit=SHARE_PIN_LIMIT, window=SHARE_PIN_WINDOW
+    )
     deps = OidcDeps(
         settings=res.settings,
         codec=res.codec,
@@ -94,6 +103,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from .provider import blueprint as provider_blueprint
     from .provider import browser_session
     from .routes import blueprint, sign_user
+    from .shares import blueprint as shares_blueprint
 
     create_authorization_server(app, deps, browser_session)
     csrf.init_app(app)
@@ -103,5 +113,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     csrf.exempt(sign_user)
     app.register_blueprint(blueprint)
     app.register_blueprint(provider_blueprint)
+    app.register_blueprint(shares_blueprint)
     enable_cors(app, res.origins, ("/auth/sign-user",))
     return app

@@ -30,8 +30,7 @@ from urllib.parse import parse_qsl
 
 from services.access.permissions import Role, required_role, role_of
 from services.access.shares import SharedStudy, Verdict, share_verdict
-from services.domain.clients import ClientRecord
-from services.domain.origins import parse_origin
+from services.domain.clients import ClientRecord, client_refusal
 from services.domain.tokens import (
     TokenCodec,
     TokenExpired,
@@ -379,16 +378,7 @@ class PolicyEngine:
         assert token.client_id is not None and token.family is not None
         if self.revocations.is_revoked("fam:" + token.family):
             return "token revoked (family)"
-        client = self._client(token.client_id, now)
-        if client is None:
-            return "client removed"
-        if token.issued_at < int(client.registered_at):
-            return "client removed (registered again since)"
-        if origin:
-            parsed = parse_origin(origin)
-            if parsed is None or str(parsed) not in client.origins:
-                return "invalid token: bound to another origin"
-        return None
+        return client_refusal(self._client(token.client_id, now), token.issued_at, origin)
 
     def _client(self, client_id: str, now: float) -> ClientRecord | None:
         cached = self._clients.get(client_id, now)

@@ -1,4 +1,4 @@
-"""The ORM mapping of the users and OAuth clients tables. Schema changes go through Alembic
+"""The ORM mapping of the users, OAuth clients and shares tables. Schema changes go through Alembic
 (services/migrations).
 
 The user columns a service reads are declared once, in services/domain/user.py; the
@@ -62,6 +62,24 @@ class OAuthClient(Base):
     redirect_uris: Mapped[str] = mapped_column(Text)
     post_logout_redirect_uris: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Share(Base):
+    """A share link (migration 0004); services/domain/shares.py has the rules,
+    services/stores/shares.py writes and reads it, services/stores/share_table.py reads it
+    for the login service. Its id is the `jti` of every token its link mints."""
+
+    __tablename__ = "shares"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    study_id: Mapped[str] = mapped_column(String(64))  # Orthanc's ID of the study
+    created_by: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # bcrypt of the PIN; NULL: the link opens without one.
+    pin_hash: Mapped[str | None] = mapped_column(String(100))
 
 
 # Columns of the users table that are not part of a user's record.

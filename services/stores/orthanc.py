@@ -73,6 +73,13 @@ class OrthancResources:
             return json.loads(payload)
         raise OrthancUnavailable()  # not reached: the loop returns or raises
 
+    def close(self) -> None:
+        """Close the calling thread's connection (the next request opens a new one)."""
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            connection.close()
+
     def study_of(self, level: str, orthanc_id: str) -> str | None:
         """The Orthanc ID of the study of a series or an instance; None when there is none."""
         if level not in LEVELS:

@@ -1,4 +1,5 @@
-"""The token service: the admin's /auth/token page, auth tokens, their redemption and refresh."""
+"""The token service: the admin's /auth/token page, auth tokens, their redemption and refresh,
+and the share links' API."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from flask_wtf.csrf import CSRFProtect
 from services.stores.clients import ClientTable
 from services.stores.db import Database
 from services.stores.oidc_state import OidcState
+from services.stores.orthanc import OrthancResources
 from services.stores.users import UserTable
 from services.web.app import Resources, create_service_app
 from services.web.cors import enable_cors
@@ -25,7 +27,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("WTF_CSRF_SSL_STRICT", False)
     csrf = CSRFProtect(app)
 
-    from . import provider
+    from . import provider, shares
     from .routes import API_PATHS, API_VIEWS, blueprint
 
     zhiva: Resources[Database] = app.extensions["zhiva"]
@@ -44,9 +46,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     # The JSON API and the OAuth endpoints are for scripts and other origins' pages: no
     # session, no CSRF token; browsers are held to the allowed origins instead (see routes).
-    for view in (*API_VIEWS, *provider.VIEWS):
+    for view in (*API_VIEWS, *provider.VIEWS, *shares.VIEWS):
         csrf.exempt(view)
     app.register_blueprint(blueprint)
     app.register_blueprint(provider.blueprint)
+    # Share links' API (CORS of its own: its paths carry ids, and DELETE); it asks Orthanc
+    # whether a study is stored.
+    app.extensions["zhiva_orthanc"] = OrthancResources(
+        zhiva.settings.orthanc_http_port, zhiva.settings.secret_key
+    )
+    app.register_blueprint(shares.blueprint)
     enable_cors(app, zhiva.origins, API_PATHS + provider.CORS_PATHS)
     return app

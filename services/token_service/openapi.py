@@ -42,6 +42,13 @@ origin_param = {
     "description": "Sent by browsers; a token bound to another origin is refused.",
     "schema": {"type": "string"},
 }
+share_id_param = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "the share's id (32 hexadecimal digits)",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
 token_errors = {
     "401": jr("`Missing Token` or `Token Expired`"),
     "403": jr(
@@ -128,6 +135,98 @@ SPEC: dict[str, Any] = {
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     **token_errors,
+                },
+            }
+        },
+        "/auth/shares": {
+            "post": {
+                "summary": "Share a study: a link (and a token) that reads that one study until it expires or is revoked",
+                "description": "An editor's or admin's access token (a zhiva access token or an OpenID Connect one); the user's rights now count, not only the token's. The study must be stored in the PACS. The answer's `url` is the link to hand out: it opens the viewer on the study without an account (asking for the PIN first, when there is one). The `token` reads the study's DICOMweb (`/zhiva/pacs/studies/<UID>/...`) and nothing else; it is shown only here.",
+                "operationId": "createShare",
+                "parameters": [auth_param, origin_param],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ShareRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": jr("the new share", {"$ref": "#/components/schemas/ShareCreated"}),
+                    "400": jr(
+                        "a bad `study`, `expiresIn` or `pin`, or a body that is not a JSON object"
+                    ),
+                    "401": jr("`Missing Token` or `Token Expired`"),
+                    "403": jr(
+                        "`Invalid Token` (revoked, forged, wrong kind, wrong origin, user disabled or deleted), `Viewers cannot share studies`, or `Origin not allowed`"
+                    ),
+                    "404": jr("`Study not found` in the PACS"),
+                    "413": jr("body larger than 64 KB"),
+                    "503": jr(
+                        "the token store, the database or the PACS does not answer", headers=retry
+                    ),
+                },
+            },
+            "get": {
+                "summary": "The caller's shares (an admin's: every share), the newest first; never a token or a PIN",
+                "operationId": "listShares",
+                "parameters": [auth_param, origin_param],
+                "responses": {
+                    "200": jr(
+                        "the shares",
+                        {
+                            "type": "object",
+                            "required": ["shares"],
+                            "properties": {
+                                "shares": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Share"},
+                                }
+                            },
+                        },
+                    ),
+                    "401": jr("`Missing Token` or `Token Expired`"),
+                    "403": jr("`Invalid Token` or `Origin not allowed`"),
+                    "503": jr("the token store or the database does not answer", headers=retry),
+                },
+            },
+        },
+        "/auth/shares/{id}": {
+            "delete": {
+                "summary": "Revoke a share: its link and every token it gave stop working within 5 seconds",
+                "description": "Its creator or an admin; anyone else is told it does not exist. Revoking a revoked share again is a 204 too.",
+                "operationId": "revokeShare",
+                "parameters": [share_id_param, auth_param, origin_param],
+                "responses": {
+                    "204": {"description": "revoked"},
+                    "401": jr("`Missing Token` or `Token Expired`"),
+                    "403": jr("`Invalid Token` or `Origin not allowed`"),
+                    "404": jr("`Share not found` (or not the caller's)"),
+                    "503": jr("the token store or the database does not answer", headers=retry),
+                },
+            }
+        },
+        "/auth/share/{id}": {
+            "get": {
+                "summary": "A share's link: opens the viewer on the shared study, after its PIN when it has one",
+                "operationId": "openShare",
+                "parameters": [share_id_param],
+                "responses": {
+                    "200": html("the PIN form"),
+                    "303": {
+                        "description": "to the viewer in share mode (`/viewer/share/viewer?StudyInstanceUIDs=<UID>&token=<share token>`)",
+                        "headers": {
+                            "Location": {
+                                "description": "the viewer's address",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
+                    "404": html("no such link"),
+                    "410": html("the link was revoked or has expired"),
+                    "429": html("locked for a day after 5 wrong PINs"),
+                    "503": html("the token store or the database does not answer"),
                 },
             }
         },
@@ -327,6 +426,62 @@ SPEC: dict[str, Any] = {
                         "description": "the user's password (8+ characters, upper, lower, digit, special) when the user is created or overwritten",
                     },
                     "createUserIfNotExists": {"type": "boolean", "default": False},
+                },
+            },
+            "ShareRequest": {
+                "type": "object",
+                "required": ["study"],
+                "properties": {
+                    "study": {
+                        "type": "string",
+                        "description": "the StudyInstanceUID (digits and dots, up to 64)",
+                    },
+                    "expiresIn": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 31536000,
+                        "default": 604800,
+                        "description": "seconds the share lasts: 7 days by default, a year at most",
+                    },
+                    "pin": {
+                        "type": "string",
+                        "pattern": "^[0-9]{4,12}$",
+                        "description": "4 to 12 digits the link asks for before it opens (optional)",
+                    },
+                },
+            },
+            "ShareCreated": {
+                "type": "object",
+                "required": ["id", "url", "token", "expiresAt"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "url": {"type": "string", "description": "the link to hand out"},
+                    "token": {"type": "string", "description": "a share token (JWT, kind `share`)"},
+                    "expiresAt": {"type": "string", "format": "date-time"},
+                },
+            },
+            "Share": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "study",
+                    "createdBy",
+                    "createdAt",
+                    "expiresAt",
+                    "revoked",
+                    "pin",
+                ],
+                "properties": {
+                    "id": {"type": "string"},
+                    "study": {"type": "string"},
+                    "createdBy": {
+                        "type": "string",
+                        "description": "a username, or `zhiva-admin` for the CLI",
+                    },
+                    "createdAt": {"type": "string", "format": "date-time"},
+                    "expiresAt": {"type": "string", "format": "date-time"},
+                    "revoked": {"type": "boolean"},
+                    "pin": {"type": "boolean", "description": "whether the link asks for a PIN"},
                 },
             },
             "SignUserRequest": {

@@ -34,7 +34,7 @@ from authlib.oauth2.rfc6749.errors import (
     OAuth2Error,
 )
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
-from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc8628 import (
@@ -49,7 +49,7 @@ from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import Flask, request
 from joserfc.jwk import KeyParameters, KeySet, RSAKey
 
-from services.domain.clients import ClientRecord, valid_client_id
+from services.domain.clients import ClientRecord, client_refusal, valid_client_id
 from services.domain.origins import parse_origin
 from services.domain.tokens import ALGORITHM, TokenCodec, TokenError
 from services.domain.user import UserRecord
@@ -615,8 +615,8 @@ def access_token_view(
     except TokenError:
         return None
     client = server.query_client(claims["client_id"])
-    if client is None or claims["iat"] < int(client.record.registered_at):
-        return None  # a removed client's, or one of the same id registered before
+    if client is None:
+        return None  # a removed client's
     user = deps.users.find(claims["preferred_username"])
     revoked = (
         user is None
@@ -651,10 +651,12 @@ class AccessTokenValidator(BearerTokenValidator):
 
     def validate_token(self, token: AccessTokenView | None, scopes: Any, request: Any) -> None:
         super().validate_token(token, scopes, request)
-        if token is not None and not check_origin(token.client, request.headers.get("Origin")):
-            from authlib.oauth2.rfc6750 import InvalidTokenError
-
-            raise InvalidTokenError(description="this origin is not one of the client's")
+        assert token is not None  # the stock check refuses a missing one
+        refused = client_refusal(
+            token.client.record, token.claims["iat"], request.headers.get("Origin")
+        )
+        if refused:
+            raise InvalidTokenError(description=refused)
 
 
 class ZhivaUserInfoEndpoint(UserInfoEndpoint):
