@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -661,6 +662,39 @@ def test_five_wrong_pins_lock_the_link_for_a_day(config, page, study, caplog):
     assert PinPage(page, other.id).submit("97531").status_code == 303
     assert "97531" not in caplog.text and "0000" not in caplog.text
     assert share.id in caplog.text
+
+
+def test_guesses_sent_at_once_get_no_more_than_five_checks(config, login_app, study):
+    share = make_share(config, study, pin="86420")
+    # Each guesser is a browser of its own, with its own CSRF token, all posting together.
+    pages = [PinPage(login_app.test_client(), share.id) for _ in range(12)]
+    forms = []
+    for pin_page in pages:
+        found = CSRF.search(pin_page.form().text)
+        assert found
+        forms.append(found.group(1))
+    statuses: list[int] = []
+
+    def guess(pin_page: PinPage, csrf_token: str, n: int) -> None:
+        answer = pin_page.page.post(
+            pin_page.path,
+            data={"pin": f"1000{n:02d}", "csrf_token": csrf_token},
+            base_url=BASE_URL,
+            headers={"Referer": BASE_URL + pin_page.path},
+        )
+        statuses.append(answer.status_code)
+
+    threads = [
+        threading.Thread(target=guess, args=(pin_page, token, n))
+        for n, (pin_page, token) in enumerate(zip(pages, forms, strict=True))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Four answers say "wrong", the fifth locks; all the rest were never checked.
+    assert sorted(statuses) == [400] * 4 + [429] * 8
+    assert PinPage(login_app.test_client(), share.id).submit("86420").status_code == 429
 
 
 # --- the stores: writer, driver reader, migration -----------------------------------------
