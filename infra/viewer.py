@@ -1,9 +1,14 @@
 """The local viewer at `/viewer/`: a pinned release of OHIF's published build (`@ohif/app`).
 
 `make up` (infra/stack.py `prepare`) calls `prepare`: the release is installed once
-into `STATE_DIR/viewer/<version>/dist/` and its `app-config.js` rendered again from the
-settings every time, beside it in `STATE_DIR/viewer/`. nginx serves both
-(infra/templates/nginx.conf.j2, `location ^~ /viewer/`).
+into `VIEWER_DIR/<version>/dist/` and its `app-config.js` rendered again from the
+settings every time into `STATE_DIR/viewer/`. nginx serves both
+(infra/templates/nginx.conf.j2, `location ^~ /viewer/`) from `STATE_DIR/viewer/`:
+`STATE_DIR/viewer/<version>` is the release this stack serves, the install itself
+when VIEWER_DIR is the default (`STATE_DIR/viewer`), else a link to the one in
+VIEWER_DIR, which several stacks may share (the tests' stacks do: one install per
+test session). Installs into one VIEWER_DIR take turns (a lock there); a stack
+whose release another one installed meanwhile fetches nothing.
 
 Installing: `npm pack` fetches the release's tarball (or the container image carries it,
 fetched the same way when the image was built: `python -m infra.viewer fetch DIR`), its
@@ -14,7 +19,8 @@ not, fetches nothing, and an install cut short is done again.
 
 Upgrading: change OHIF_VERSION and OHIF_INTEGRITY (`npm view @ohif/app@VERSION
 dist.integrity`), then check that `patch_dist` still finds what it patches (it refuses a
-build where it does not).
+build where it does not). A stack's own VIEWER_DIR loses the release before; a shared
+one keeps it (another stack may still serve it): remove it by hand.
 
 Importable without the project's packages (the image build runs `fetch` with Debian's
 bare Python): Jinja and the settings are imported where the config is rendered.
@@ -51,10 +57,17 @@ OHIF_VERSION = "3.13.2"
 # The registry's `dist.integrity` of that version: the tarball must hash to exactly this.
 OHIF_INTEGRITY = "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="  # noqa: E501
 # Raised when what `patch_dist` does changes, so an installed copy is patched anew.
-PATCH_REVISION = 1
+PATCH_REVISION = 3
 
 BASE_PATH = "/viewer/"
 ROUTER_BASENAME = BASE_PATH.rstrip("/")
+# The viewer of share links (services/login_service/shares.py sends the browser to
+# /viewer/share/viewer?StudyInstanceUIDs=…&token=…): the same build, entered through
+# share.html, which loads app-config-share.js: no sign-in (OHIF sends the link's `token`
+# as a bearer token and takes it out of the address bar), no study list.
+SHARE_ROUTER_BASENAME = BASE_PATH + "share"
+SHARE_PAGE = "share.html"
+SHARE_APP_CONFIG = "app-config-share.js"
 CLIENT_ID = "zhiva-viewer"
 # What the container image keeps of the release (infra/docker/services.Dockerfile).
 IMAGE_TARBALL_DIR = Path("/opt/zhiva-viewer")
@@ -89,7 +102,10 @@ PINNED = Release(OHIF_PACKAGE, OHIF_VERSION, OHIF_INTEGRITY)
 
 @dataclass(frozen=True)
 class ViewerFiles:
-    """Where the viewer lives under STATE_DIR."""
+    """A directory of installed releases: VIEWER_DIR, or a stack's STATE_DIR/viewer.
+
+    Seen from a stack's STATE_DIR/viewer, `version_dir` may be a link to VIEWER_DIR's.
+    """
 
     root: Path
     release: Release = PINNED
@@ -109,8 +125,19 @@ class ViewerFiles:
 
     @property
     def app_config(self) -> Path:
-        """The rendered configuration, served at /viewer/app-config.js."""
+        """The rendered configuration, served at /viewer/app-config.js (one per stack: only
+        meaningful under a STATE_DIR)."""
         return self.root / "app-config.js"
+
+    @property
+    def share_app_config(self) -> Path:
+        """The share viewer's configuration, served at /viewer/app-config-share.js."""
+        return self.root / SHARE_APP_CONFIG
+
+    @property
+    def share_page(self) -> Path:
+        """index.html loading the share viewer's configuration, served for /viewer/share/…"""
+        return self.root / SHARE_PAGE
 
     @property
     def expected_marker(self) -> dict[str, object]:
@@ -131,6 +158,7 @@ class ViewerFiles:
 
 
 def viewer_files(state_dir: Path, release: Release = PINNED) -> ViewerFiles:
+    """The viewer as a stack serves it: STATE_DIR/viewer (app-config.js, the release)."""
     return ViewerFiles(state_dir / "viewer", release)
 
 
@@ -245,6 +273,17 @@ PUBLIC_URL = re.compile(rb'window\.PUBLIC_URL="/"')
 ROOT_ATTRIBUTE = re.compile(rb'(\s(?:href|src|content)=")/(?!/)')
 MANIFEST_SRC = re.compile(rb'("src"\s*:\s*")/(?!/)')
 WEBPACK_PUBLIC_PATH = re.compile(rb'__webpack_require__\.p = "/";')
+CSS_ROOT_URL = re.compile(rb"(url\(\s*['\"]?)/(?!/)")
+# OHIF's post-logout route (utils/OpenIdConnectRoutes.tsx) is the whole path of
+# post_logout_redirect_uri, `/viewer/`, matched below routerBasename (upstream left its
+# `.replace(routerBasename,'')` commented out): it catches OHIF's own `/viewer` route, so
+# every study opened runs the sign-out callback (harmless: no state, nothing to end),
+# which then went to `${pathname}?${search}`, doubling the `?` of the study's query at
+# each pass (`/viewer???StudyInstanceUIDs=…`: a black page). It now goes back to the
+# same location.
+OIDC_ROUTES_MODULE = b"OpenIdConnectRoutes"
+SIGNOUT_NAVIGATE = re.compile(rb"navigate\(`\$\{pathname\}\?\$\{search\}`\)")
+SIGNOUT_NAVIGATE_FIXED = rb"navigate({ pathname, search }) /* zhiva: search has its ? */"
 
 
 def _substitute(path: Path, pattern: re.Pattern[bytes], replacement: bytes) -> int:
@@ -260,7 +299,8 @@ def patch_dist(dist: Path, base: str = BASE_PATH) -> int:
 
     index.html: `window.PUBLIC_URL` and its root-relative `href`/`src`/`content`;
     manifest.json's icons; `__webpack_require__.p = "/"`, the path every bundle and worker
-    bundle loads its chunks, decoders and WebAssembly from. The build's own
+    bundle loads its chunks, decoders and WebAssembly from; `url(/…)` in the style sheets
+    (fonts); OHIF's sign-out callback (SIGNOUT_NAVIGATE above). The build's own
     `app-config.js` (a public demo server) goes: nginx serves the rendered one.
     """
     prefix = base.encode()
@@ -281,8 +321,21 @@ def patch_dist(dist: Path, base: str = BASE_PATH) -> int:
     ]
     if not any(path.name.startswith("app.bundle.") for path in patched):
         raise ViewerError(f"no app.bundle.*.js in {dist} loads its chunks from `/`: cannot patch")
+    styles = [
+        path
+        for path in sorted(dist.rglob("*.css"))
+        if _substitute(path, CSS_ROOT_URL, rb"\g<1>" + prefix)
+    ]
+    routes = [path for path in patched if OIDC_ROUTES_MODULE in path.read_bytes()]
+    for path in routes:
+        if _substitute(path, SIGNOUT_NAVIGATE, SIGNOUT_NAVIGATE_FIXED) != 1:
+            raise ViewerError(
+                f"{path} holds OHIF's OpenID Connect routes, but not the sign-out callback "
+                "patch_dist sets right: check the new release's SignoutCallbackComponent.tsx "
+                "and OpenIdConnectRoutes.tsx, then update the patch (infra/viewer.py)"
+            )
     (dist / "app-config.js").unlink(missing_ok=True)
-    return changed + len(patched)
+    return changed + len(set(patched) | set(routes)) + len(styles)
 
 
 @contextlib.contextmanager
@@ -305,19 +358,56 @@ def install(
     state_dir: Path,
     release: Release = PINNED,
     tarball_dirs: tuple[Path, ...] = (IMAGE_TARBALL_DIR,),
+    viewer_dir: Path | None = None,
 ) -> ViewerFiles:
-    """The release unpacked and patched under STATE_DIR/viewer, once; nothing when it is there.
+    """The release unpacked and patched once into `viewer_dir` (VIEWER_DIR, default
+    STATE_DIR/viewer), nothing when it is there; the stack's view of it (`viewer_files`).
 
     A tarball of the release in one of `tarball_dirs` (the container image's) is used when
-    it passes the integrity check; otherwise `npm pack` fetches it.
+    it passes the integrity check; otherwise `npm pack` fetches it. With a `viewer_dir` of
+    its own, STATE_DIR/viewer/<version> becomes a link to the release there; with
+    STATE_DIR/viewer, a copy of its own replaces such a link; without one (None), what
+    the stack serves is kept when it is whole.
     """
-    files = viewer_files(state_dir, release)
+    own = viewer_files(state_dir, release)
+    if viewer_dir is None and own.installed():  # whatever it serves (a link or its own)
+        say(f"OHIF {release.version} is installed ({own.dist})")
+        return own
+    shared = viewer_dir is not None and _absolute(viewer_dir) != _absolute(own.root)
+    if not shared:
+        if own.version_dir.is_symlink():  # a shared release served before: one of its own now
+            own.version_dir.unlink()
+        _install_into(own, tarball_dirs, prune=True)
+        return own
+    assert viewer_dir is not None
+    store = ViewerFiles(viewer_dir, release)
+    try:
+        # Another stack may serve another release from the same directory: none is removed.
+        _install_into(store, tarball_dirs, prune=False)
+    except PermissionError as problem:
+        raise ViewerError(
+            f"VIEWER_DIR={viewer_dir}: {problem.strerror} ({problem.filename}). The user the "
+            "stack runs as installs the viewer there: give that directory to it, or leave "
+            "VIEWER_DIR unset (STATE_DIR/viewer)"
+        ) from None
+    _link_release(own, store)
+    return own
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _install_into(files: ViewerFiles, tarball_dirs: tuple[Path, ...], *, prune: bool) -> None:
+    """Install `files.release` into `files.root` unless it is there; one installer at a time."""
+    release = files.release
     if files.installed():
         say(f"OHIF {release.version} is installed ({files.dist})")
-        return files
+        return
     with _locked(files.root):
         if files.installed():  # another installer finished meanwhile
-            return files
+            say(f"OHIF {release.version} was installed meanwhile ({files.dist})")
+            return
         started = time.monotonic()
         partial_dir = files.root / f".{release.version}.partial"
         shutil.rmtree(partial_dir, ignore_errors=True)
@@ -328,12 +418,35 @@ def install(
             raise
         shutil.rmtree(files.version_dir, ignore_errors=True)
         os.replace(partial_dir, files.version_dir)
-        _remove_other_releases(files)
+        if prune:
+            _remove_other_releases(files)
         say(
             f"OHIF {release.version} installed in {files.dist} ({changed} files patched for "
             f"{BASE_PATH}, {_size(files.dist) / 1e6:.0f} MB, {time.monotonic() - started:.1f}s)"
         )
-    return files
+
+
+def _link_release(own: ViewerFiles, store: ViewerFiles) -> None:
+    """STATE_DIR/viewer/<version> made a link to the release in VIEWER_DIR, atomically; what
+    was served before (another release, a copy of its own) goes."""
+    _private_dir(own.root)
+    target = _absolute(store.version_dir)
+    link = own.version_dir
+    if link.is_symlink() and _absolute(link) == target:
+        return
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    partial_link = link.with_name(f".{link.name}.link.{os.getpid()}")
+    partial_link.unlink(missing_ok=True)
+    partial_link.symlink_to(target, target_is_directory=True)
+    os.replace(partial_link, link)
+    for entry in own.root.iterdir():
+        if entry != link and re.fullmatch(r"\.?\d+\.\d+\.\d+[-.\w]*", entry.name):
+            if entry.is_symlink() or not entry.is_dir():
+                entry.unlink()
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+    say(f"serving OHIF {store.release.version} from {store.dist}")
 
 
 def _unpack_into(partial_dir: Path, files: ViewerFiles, tarball_dirs: tuple[Path, ...]) -> int:
@@ -360,13 +473,32 @@ def _unpack_into(partial_dir: Path, files: ViewerFiles, tarball_dirs: tuple[Path
 
 
 def _remove_other_releases(files: ViewerFiles) -> None:
-    """Releases installed before an upgrade, and installs cut short, go."""
+    """Releases installed before an upgrade (or links to them), and installs cut short, go."""
     for entry in files.root.iterdir():
-        if entry == files.version_dir or not entry.is_dir() or entry.is_symlink():
+        if entry == files.version_dir:
             continue
-        if re.fullmatch(r"\.?\d+\.\d+\.\d+[-.\w]*", entry.name):
+        if not re.fullmatch(r"\.?\d+\.\d+\.\d+[-.\w]*", entry.name):
+            continue
+        if entry.is_symlink():
+            entry.unlink()
+        elif entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
-            say(f"removed {entry}")
+        else:
+            continue
+        say(f"removed {entry}")
+
+
+# oidc-client-ts's default: how long before an access token expires it is renewed.
+OIDC_CLIENT_RENEW_NOTICE = 60
+
+
+def renew_notice(lifetime: int) -> int | None:
+    """How long before expiry the viewer renews an access token of `lifetime` seconds:
+    None (the library's 60 s) unless that leaves less than half the lifetime, then a
+    quarter of it (OIDC_ACCESS_TOKEN_LIFETIME=60: renewed 45 s after it came)."""
+    if lifetime >= 2 * OIDC_CLIENT_RENEW_NOTICE:
+        return None
+    return max(1, lifetime // 4)
 
 
 def app_config_context(settings: Settings) -> dict[str, object]:
@@ -381,11 +513,22 @@ def app_config_context(settings: Settings) -> dict[str, object]:
             "post_logout_redirect_uri": f"{base}{BASE_PATH}",
             "response_type": "code",
             "scope": "openid profile offline_access",
+            "renew_notice": renew_notice(settings.oidc_access_token_lifetime),
         },
     }
 
 
-def render_app_config(settings: Settings) -> str:
+def share_app_config_context(settings: Settings) -> dict[str, object]:
+    """The share viewer's: the same data source, its own routes, no sign-in, no study list."""
+    return {
+        **app_config_context(settings),
+        "router_basename": SHARE_ROUTER_BASENAME,
+        "oidc": None,
+        "show_study_list": False,
+    }
+
+
+def render_app_config(settings: Settings, *, share: bool = False) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     environment = Environment(
@@ -395,7 +538,8 @@ def render_app_config(settings: Settings) -> str:
         autoescape=False,  # noqa: S701 - JavaScript; every value goes through `tojson`
     )
     template = environment.get_template("viewer-app-config.js.j2")
-    return template.render(**app_config_context(settings))
+    context = share_app_config_context(settings) if share else app_config_context(settings)
+    return template.render(**context)
 
 
 def write_app_config(settings: Settings) -> Path:
@@ -411,10 +555,48 @@ def write_app_config(settings: Settings) -> Path:
     return target
 
 
+APP_CONFIG_SCRIPT = re.compile(
+    rb'(<script[^>]*\ssrc=")' + re.escape(BASE_PATH.encode()) + rb'app-config\.js"'
+)
+
+
+def share_page(index_html: bytes) -> bytes:
+    """The patched index.html made to load app-config-share.js instead of app-config.js."""
+    replacement = rb"\g<1>" + (BASE_PATH + SHARE_APP_CONFIG).encode() + b'"'
+    page, count = APP_CONFIG_SCRIPT.subn(replacement, index_html)
+    if count != 1:
+        raise ViewerError(
+            f"index.html loads {BASE_PATH}app-config.js {count} times, not once: the share "
+            "viewer's page cannot be made from it (infra/viewer.py, share_page)"
+        )
+    return page
+
+
+def _write_private(target: Path, content: bytes) -> None:
+    """`content` into `target` (0600), replaced atomically."""
+    _private_dir(target.parent)
+    partial_file = target.with_name(f".{target.name}.{os.getpid()}")
+    partial_file.unlink(missing_ok=True)
+    fd = os.open(partial_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    os.replace(partial_file, target)
+
+
+def write_share_viewer(settings: Settings) -> tuple[Path, Path]:
+    """share.html (from the release this stack serves) and app-config-share.js, rendered into
+    STATE_DIR/viewer: the share links' viewer, one per stack, as app-config.js is."""
+    files = viewer_files(settings.state_dir)
+    _write_private(files.share_page, share_page((files.dist / "index.html").read_bytes()))
+    _write_private(files.share_app_config, render_app_config(settings, share=True).encode())
+    return files.share_page, files.share_app_config
+
+
 def prepare(settings: Settings) -> ViewerFiles:
     """What `make up` does for the viewer: install it when needed, render its config."""
-    files = install(settings.state_dir)
+    files = install(settings.state_dir, viewer_dir=settings.viewer_dir)
     write_app_config(settings)
+    write_share_viewer(settings)
     return files
 
 

@@ -61,6 +61,9 @@ class SettingsError(RuntimeError):
 class Settings:
     config_dir: Path
     state_dir: Path
+    # Where installed releases of the OHIF viewer live (infra/viewer.py); several stacks
+    # may share one. Default STATE_DIR/viewer.
+    viewer_dir: Path
     https_port: int
     dicom_port: int
     bind_address: str
@@ -198,6 +201,7 @@ def raw_values(overrides: dict[str, Any] | None = None) -> dict[str, str]:
         | set(SECRET_NAMES)
         | {
             "STATE_DIR",
+            "VIEWER_DIR",
             "DATABASE_URL",
             "ZHIVA_AUTH_ALLOWED_ORIGINS",
         }
@@ -216,6 +220,9 @@ def load_settings(
     state_dir = Path(values.get("STATE_DIR") or config_dir / "var")
     if not state_dir.is_absolute():
         state_dir = (config_dir / state_dir).resolve()
+    viewer_dir = Path(values.get("VIEWER_DIR") or state_dir / "viewer")
+    if not viewer_dir.is_absolute():
+        viewer_dir = (config_dir / viewer_dir).resolve()
 
     missing = [name for name in SECRET_NAMES if not values.get(name)]
     if missing and require_secrets:
@@ -231,6 +238,7 @@ def load_settings(
     settings = Settings(
         config_dir=config_dir,
         state_dir=state_dir,
+        viewer_dir=viewer_dir,
         https_port=_port(values, "HTTPS_PORT"),
         dicom_port=_port(values, "DICOM_PORT"),
         bind_address=values["BIND_ADDRESS"],

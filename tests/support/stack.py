@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 import requests
@@ -132,6 +132,31 @@ def _service_home(root: Path) -> Path:
     return home
 
 
+_shared_viewer_dir: Path | None = None
+
+
+def shared_viewer_dir() -> Path:
+    """One VIEWER_DIR for every stack this test run starts: the OHIF release (50 MB from
+    npm, 213 MB patched) is installed once per run, not once per stack.
+
+    In the system's temporary directory (mode 0711: the service user may pass, not list),
+    like `_service_home`; the directory itself belongs to whoever runs the stacks (the
+    service user under root, whose stacks install into it), and goes when the run ends.
+    """
+    global _shared_viewer_dir
+    if _shared_viewer_dir is None:
+        home = Path(tempfile.mkdtemp(prefix="zhiva-viewer-"))
+        home.chmod(0o711)
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        releases = home / "viewer"
+        releases.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            user = give_service_user_passage()
+            os.chown(releases, user.uid, user.gid)
+        _shared_viewer_dir = releases
+    return _shared_viewer_dir
+
+
 @dataclass
 class Stack:
     root: Path
@@ -140,6 +165,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     # Clients handed out, closed at `down()` so no socket is left to the garbage collector.
     _clients: list[Any] = field(default_factory=list, repr=False)
+    shares_the_viewer: ClassVar[bool] = True
 
     @classmethod
     def files_root(cls, root: Path) -> Path:
@@ -168,6 +194,10 @@ class Stack:
             # A machine with Docker or Podman would otherwise get containers.
             MODE="native",
         )
+        if cls.shares_the_viewer:
+            # Every stack of the run serves one installed release (its app-config.js is
+            # its own, in STATE_DIR/viewer).
+            env["VIEWER_DIR"] = str(shared_viewer_dir())
         env.update({name: str(free_port()) for name in INTERNAL_PORTS})
         return cls(root=root, admin_password=admin_password, output_dir=output_dir, env=env)
 
@@ -223,6 +253,7 @@ class Stack:
                 "STATE_DIR": self.env["STATE_DIR"],
                 "HTTPS_PORT": self.env["HTTPS_PORT"],
                 "DICOM_PORT": self.env["DICOM_PORT"],
+                **({"VIEWER_DIR": self.env["VIEWER_DIR"]} if "VIEWER_DIR" in self.env else {}),
             }
         )
 
@@ -309,6 +340,9 @@ class NativeOnly(AssertionError):
 @dataclass
 class ContainerStack(Stack):
     """docker-compose.yml run by Docker or Podman: `make up` with MODE=docker."""
+
+    # The containers install the viewer into their state volume, from their image.
+    shares_the_viewer: ClassVar[bool] = False
 
     @classmethod
     def files_root(cls, root: Path) -> Path:
