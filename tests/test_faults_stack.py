@@ -32,7 +32,7 @@ from services.stores.revocation import MAX_LAG_SECONDS, RevocationStore
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
-from tests.test_load import Traffic
+from tests.support.traffic import Traffic
 
 pytestmark = pytest.mark.stack
 

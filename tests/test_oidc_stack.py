@@ -41,7 +41,9 @@ from joserfc.jwk import KeySet
 
 from tests.browser.chromium import chromium_browser
 from tests.browser.oidc_client_ts import ClientPage, oidc_client_ts_bundle
+from tests.browser.provider import provider_sign_in
 from tests.support.dicomweb import access_token, bearer_session, encode, wheel_dataset
+from tests.support.names import unique
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
@@ -121,10 +123,6 @@ def register_client(
     )
     output = stack.make("admin", ARGS=args).stdout
     assert json.loads(output.strip().splitlines()[-1]) == {"client_id": client_id}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def study_uids(answer: list[dict[str, Any]]) -> set[str]:
@@ -387,14 +385,6 @@ def page(browser):
 
 def shot(page: Any, stack: Stack, name: str) -> None:
     page.screenshot(path=str(stack.output_dir / f"{name}.png"), full_page=True)
-
-
-def provider_sign_in(page: Any, username: str, password: str) -> None:
-    """Fill the provider's sign-in form and submit it (the page is on it)."""
-    assert page.locator("h1").inner_text() == "Sign in"
-    page.fill("#username", username)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
 
 
 # --- 2. the device flow, as a notebook does it ---------------------------------------------------

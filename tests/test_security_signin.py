@@ -21,7 +21,7 @@ from services.login_service import create_app
 from services.stores.throttle import MAX_SLOWDOWN_SECONDS, slowdown_seconds
 from services.web.app import resources
 from tests.conftest import ADMIN_PASSWORD
-from tests.test_login_service import PASSWORD, VIEWER, SignInActions
+from tests.support.login import PASSWORD, VIEWER, SignInActions
 
 WRONG = "Wrong-Passw0rd!"
 ATTACKER, USER = "10.66.0.1", "10.77.0.1"

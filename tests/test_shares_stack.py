@@ -149,7 +149,8 @@ def test_chromium_opens_the_link_and_ohif_draws_the_study_without_sign_in(stack,
     """The whole path a recipient takes: the link, the viewer's share entry, OHIF reading the
     study with the share token (its address bar left without it), an image drawn."""
     from tests.browser.chromium import chromium_browser
-    from tests.test_viewer_browser import ct_series, upload, wait_for_image
+    from tests.browser.ohif import wait_for_image
+    from tests.support.studies import ct_series, upload
 
     study_uid, files = ct_series("SHARE")
     upload(stack, files)

@@ -20,18 +20,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
-from werkzeug.test import Client
 
 from services.domain.auth_tokens import auth_token_claims
 from services.domain.passwords import STRONG_PASSWORD_RULE, hash_password
 from services.domain.tokens import TokenCodec, TokenKind
-from services.policy_service import create_app as create_policy_app
 from services.stores.accounts import find_user, identity, revoke_all_tokens
 from services.stores.models import User
 from services.token_service import create_app
 from services.web.app import Resources
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.apps import closing, signs_in
+from tests.support.tokens import bearer, header_token, policy_grants, redeemed, refreshes
 
 USER_PASSWORD = "User-Passw0rd!"
 ALLOWED = "https://viewer.zhiva.ai"
@@ -109,16 +108,6 @@ class Users:
 @pytest.fixture
 def users(app, user_password_hash) -> Users:
     return Users(app, user_password_hash)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def header_token(response) -> str:
-    value = response.headers["Authorization"]
-    assert value.startswith("Bearer ")
-    return value.removeprefix("Bearer ")
 
 
 def claims_of(token: str) -> dict[str, Any]:
@@ -305,44 +294,6 @@ def test_old_system_admin_hash_cost_10_works(app_config):
 
 
 # ------------------------------------------- overwriting a user revokes what it held
-
-
-def redeemed(client, auth: str) -> tuple[str, str]:
-    """(access, refresh) for an auth token, through the redeem endpoint."""
-    response = client.post("/auth/generate-access-token", headers=bearer(auth))
-    assert response.status_code == 200, response.get_json()
-    return header_token(response), response.get_data(as_text=True)
-
-
-def refreshes(client, refresh: str) -> bool:
-    response = client.post("/auth/refresh-token", headers=bearer(refresh))
-    assert (response.status_code, response.get_json(silent=True)) in (
-        (200, None),
-        (403, {"message": "Invalid Token"}),
-    )
-    return response.status_code == 200
-
-
-def policy_grants(app_config, token: str) -> bool:
-    """The policy's decision on a read with `token`, asked through its Orthanc webhook.
-
-    A policy app made for the question has no cached user state, so it judges the
-    database as it is now (a running worker sees a change within USER_CACHE_SECONDS).
-    """
-    policy = create_policy_app(app_config)
-    try:
-        body = {
-            "method": "get",
-            "level": "system",
-            "uri": "/system",
-            "token-key": "token",
-            "token-value": token,
-        }
-        response = Client(policy).post("/webhook", json=body)
-        assert response.status_code == 200
-        return response.get_json()["granted"]
-    finally:
-        policy.close()
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from services.stores.models import User
 from services.token_service import create_app
 from tests.conftest import ADMIN_PASSWORD
 from tests.support.apps import closing, signs_in
-from tests.test_token_api import bearer, policy_grants, redeemed, refreshes
+from tests.support.tokens import bearer, policy_grants, redeemed, refreshes
 
 USER_PASSWORD = "User-Passw0rd!"
 BASE = "https://localhost"

@@ -24,7 +24,6 @@ does: tests/support/stack.py).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import threading
@@ -37,23 +36,21 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import pytest
-from playwright.sync_api import Error as PlaywrightError
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from infra import viewer
 from infra.viewer import install, viewer_files
 from tests.browser.chromium import chromium_browser
+from tests.browser.ohif import DRAWN_STD, viewport_pixels, wait_for_image
+from tests.browser.provider import provider_sign_in
 from tests.support.dicomweb import access_token, bearer_session, encode, wheel_dataset
+from tests.support.names import unique
 from tests.support.stack import Stack, shared_viewer_dir
-from tests.test_oidc_stack import provider_sign_in, unique
-from tests.test_viewer_files import _release, _small_build
+from tests.support.studies import Study, ct_series, upload
+from tests.support.viewer_builds import release_of, small_build
 
 PASSWORD = "Viewer-Browser-Passw0rd!"
 VIEWPORT = {"width": 1280, "height": 900}
-# A drawn CT slice: the viewport canvas's grey levels spread (an empty one is flat black).
-DRAWN_STD = 20.0
-IMAGE_TIMEOUT = 60.0
 REVOCATION_SECONDS = 5
 SHORT_LIFETIME = 60
 SETTINGS_MENU = 'button[aria-haspopup="menu"]:has(#icon-settings)'
@@ -68,68 +65,6 @@ OHIF_INFO_NOISE = (
 
 
 # --- a study with pixels -----------------------------------------------------------------------
-
-
-def ct_series(
-    patient: str, slices: int = 12, size: int = 128, study_uid: str | None = None
-) -> tuple[str, list[bytes]]:
-    """A CT series whose slices show a disc on a checkerboard growing slice by slice
-    (pixels a drawn viewport cannot fake); the StudyInstanceUID and the Part 10 files."""
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    y, x = np.mgrid[0:size, 0:size]
-    radius = np.hypot(x - size / 2, y - size / 2)
-    checker = ((x // 8 + y // 8) % 2) * 300
-    files = []
-    for number in range(1, slices + 1):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.PatientName, ds.PatientID = f"{patient}^Viewer", patient
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "", "1"
-        ds.StudyDescription, ds.SeriesDescription = "viewer test", "disc"
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, number
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.Rows = ds.Columns = size
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.ImagePositionPatient = [0.0, 0.0, float(number)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceThickness, ds.RescaleIntercept, ds.RescaleSlope = 1.0, -1024, 1
-        ds.WindowCenter, ds.WindowWidth = 100, 1200
-        disc = radius < size * (0.2 + 0.015 * number)
-        ds.PixelData = (np.where(disc, 1224, 124) + checker).astype(np.int16).tobytes()
-        files.append(encode(ds))
-    return study_uid, files
-
-
-@dataclass(frozen=True)
-class Study:
-    uid: str
-    orthanc_id: str
-    patient: str
-
-
-def upload(stack: Stack, files: list[bytes]) -> str:
-    """The files stored through nginx by an editor; Orthanc's id of their study."""
-    editor = bearer_session(stack, access_token(stack, can_edit=True))
-    parents = set()
-    for data in files:
-        answer = editor.post(
-            f"{stack.base_url}/zhiva/instances",
-            data=data,
-            headers={"Content-Type": "application/dicom"},
-            timeout=60,
-        )
-        assert answer.status_code == 200, answer.text
-        parents.add(answer.json()["ParentStudy"])
-    [study] = parents
-    return str(study)
 
 
 def uploaded_ct(stack: Stack) -> Study:
@@ -277,31 +212,6 @@ def audit_size(stack: Stack) -> int:
 # --- driving OHIF ---------------------------------------------------------------------------
 
 
-def viewport_pixels(page: Any) -> np.ndarray:
-    """The grey levels of OHIF's (first) viewport canvas, from a screenshot of it."""
-    from PIL import Image
-
-    canvas = page.locator("canvas.cornerstone-canvas").first
-    shot = canvas.screenshot(timeout=10_000)
-    return np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float64)
-
-
-def wait_for_image(page: Any, timeout: float = IMAGE_TIMEOUT) -> tuple[float, np.ndarray]:
-    """Seconds until the viewport shows an image (its pixels spread), and those pixels."""
-    started = time.monotonic()
-    pixels = np.zeros((1, 1))
-    while time.monotonic() - started < timeout:
-        try:
-            if page.locator("canvas.cornerstone-canvas").count():
-                pixels = viewport_pixels(page)
-                if pixels.std() > DRAWN_STD:
-                    return time.monotonic() - started, pixels
-        except PlaywrightError:  # the page navigated meanwhile (OHIF's sign-in redirects)
-            pass
-        page.wait_for_timeout(100)
-    raise AssertionError(f"no image drawn in {timeout:.0f}s (pixel std {pixels.std():.1f})")
-
-
 def viewer_url(base: str, study_uid: str) -> str:
     return f"{base}/viewer/viewer?StudyInstanceUIDs={study_uid}"
 
@@ -359,8 +269,8 @@ def ct_study(stack: Stack) -> Study:
 
 
 def test_stacks_installing_into_one_viewer_dir_at_once_unpack_one_release(tmp_path, capsys):
-    tarball = _small_build(tmp_path / "image")
-    release = _release(tarball)
+    tarball = small_build(tmp_path / "image")
+    release = release_of(tarball)
     shared = tmp_path / "shared"
     errors: list[BaseException] = []
 
@@ -393,8 +303,8 @@ def test_stacks_installing_into_one_viewer_dir_at_once_unpack_one_release(tmp_pa
 
 
 def test_a_stacks_own_release_gives_way_to_the_shared_one(tmp_path):
-    tarball = _small_build(tmp_path / "image")
-    release = _release(tarball)
+    tarball = small_build(tmp_path / "image")
+    release = release_of(tarball)
     state, shared = tmp_path / "state", tmp_path / "shared"
     install(state, release, tarball_dirs=(tarball.parent,))
     old = viewer.ViewerFiles(state / "viewer", viewer.Release("@ohif/app", "9.9.8", "x"))

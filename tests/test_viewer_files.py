@@ -9,14 +9,10 @@ the provider's authorize page.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import json
 import re
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,60 +21,13 @@ import pytest
 from infra import viewer
 from infra.viewer import Release, ViewerError, install, viewer_files
 from tests.browser.chromium import chromium_browser
-
-HASHED = "0123456789abcdef"
-SMALL_INDEX = (
-    '<!doctype html><html><head><link rel="manifest" href="/manifest.json">'
-    '<meta name="msapplication-config" content="/assets/browserconfig.xml">'
-    '<script>window.PUBLIC_URL="/"</script><script src="/app-config.js"></script>'
-    f'<script defer src="/app.bundle.{HASHED}.js"></script>'
-    '<link href="/app.bundle.css" rel="stylesheet"><a href="//elsewhere.example/x">x</a>'
-    "</head><body></body></html>"
+from tests.support.viewer_builds import (
+    HASHED,
+    integrity_of,
+    npm_tarball,
+    release_of,
+    small_build,
 )
-SMALL_BUNDLE = '(() => { __webpack_require__.p = "/"; })();\n'
-
-
-def _tarball(path: Path, members: dict[str, str | None]) -> Path:
-    """A gzipped tarball shaped like npm's: `name: text`, or None for a symbolic link."""
-    with tarfile.open(path, "w:gz") as archive:
-        for name, text in members.items():
-            info = tarfile.TarInfo(name)
-            if text is None:
-                info.type = tarfile.SYMTYPE
-                info.linkname = "/etc/passwd"
-                archive.addfile(info)
-                continue
-            data = text.encode()
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return path
-
-
-def _small_build(directory: Path, **extra: str | None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    return _tarball(
-        directory / "ohif-app-9.9.9.tgz",
-        {
-            "package/package.json": '{"name": "@ohif/app", "version": "9.9.9"}',
-            "package/README.md": "not unpacked",
-            "package/dist/index.html": SMALL_INDEX,
-            "package/dist/manifest.json": '{"icons": [{"src": "/assets/icon.png"}]}',
-            "package/dist/app-config.js": "window.config = {demo: true};",
-            f"package/dist/app.bundle.{HASHED}.js": SMALL_BUNDLE,
-            f"package/dist/workers/decode.bundle.{HASHED}.js": SMALL_BUNDLE,
-            "package/dist/plain.js": "console.log('no webpack runtime');\n",
-            **extra,
-        },
-    )
-
-
-def _integrity(path: Path) -> str:
-    return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
-
-
-def _release(tarball: Path, integrity: str | None = None) -> Release:
-    return Release("@ohif/app", "9.9.9", integrity or _integrity(tarball))
 
 
 @pytest.fixture
@@ -95,8 +44,8 @@ def no_npm(monkeypatch, tmp_path):
 
 
 def test_a_build_is_unpacked_patched_for_viewer_and_marked(tmp_path):
-    tarball = _small_build(tmp_path / "image")
-    files = install(tmp_path / "state", _release(tarball), tarball_dirs=(tarball.parent,))
+    tarball = small_build(tmp_path / "image")
+    files = install(tmp_path / "state", release_of(tarball), tarball_dirs=(tarball.parent,))
     assert files.installed()
     dist = files.dist
     index = (dist / "index.html").read_text()
@@ -112,26 +61,26 @@ def test_a_build_is_unpacked_patched_for_viewer_and_marked(tmp_path):
     assert not (dist / "app-config.js").exists()
     assert not (dist / "package.json").exists() and not (dist / "README.md").exists()
     marker = json.loads(files.marker.read_text())
-    assert marker["version"] == "9.9.9" and marker["integrity"] == _integrity(tarball)
+    assert marker["version"] == "9.9.9" and marker["integrity"] == integrity_of(tarball)
     # STATE_DIR's rule: private to the stack's user.
     for path in [files.root, *files.root.rglob("*")]:
         assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
 
 
 def test_a_tampered_tarball_is_refused_and_nothing_is_installed(tmp_path, capsys):
-    tarball = _small_build(tmp_path / "image")
-    pinned = _integrity(_tarball(tmp_path / "genuine.tgz", {"package/dist/index.html": "x"}))
+    tarball = small_build(tmp_path / "image")
+    pinned = integrity_of(npm_tarball(tmp_path / "genuine.tgz", {"package/dist/index.html": "x"}))
     with pytest.raises(ViewerError, match="Refusing to install it") as refused:
-        install(tmp_path / "state", _release(tarball, pinned), tarball_dirs=(tarball.parent,))
-    assert pinned in str(refused.value) and _integrity(tarball) in str(refused.value)
-    files = viewer_files(tmp_path / "state", _release(tarball, pinned))
+        install(tmp_path / "state", release_of(tarball, pinned), tarball_dirs=(tarball.parent,))
+    assert pinned in str(refused.value) and integrity_of(tarball) in str(refused.value)
+    files = viewer_files(tmp_path / "state", release_of(tarball, pinned))
     assert not files.installed() and not files.version_dir.exists()
     assert not list(files.root.glob(".*.partial")), "what was unpacked stays behind"
 
 
 def test_npm_packs_the_pinned_spec_and_its_tarball_is_checked(tmp_path, monkeypatch):
     """`npm pack` as the installer runs it; a fake npm hands over a tampered tarball."""
-    tampered = _small_build(tmp_path / "registry")
+    tampered = small_build(tmp_path / "registry")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "npm-calls"
@@ -144,20 +93,20 @@ def test_npm_packs_the_pinned_spec_and_its_tarball_is_checked(tmp_path, monkeypa
     )
     npm.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    release = _release(tampered, viewer.OHIF_INTEGRITY)
+    release = release_of(tampered, viewer.OHIF_INTEGRITY)
     with pytest.raises(ViewerError, match="not the pinned"):
         install(tmp_path / "state", release, tarball_dirs=())
     assert calls.read_text().split()[:2] == ["pack", "@ohif/app@9.9.9"]
     assert "--ignore-scripts" in calls.read_text()
     assert not viewer_files(tmp_path / "state", release).installed()
     # The genuine one (its integrity pinned) installs through the same path.
-    install(tmp_path / "state", _release(tampered), tarball_dirs=())
-    assert viewer_files(tmp_path / "state", _release(tampered)).installed()
+    install(tmp_path / "state", release_of(tampered), tarball_dirs=())
+    assert viewer_files(tmp_path / "state", release_of(tampered)).installed()
 
 
 def test_a_second_install_fetches_nothing(tmp_path, no_npm, capsys):
-    tarball = _small_build(tmp_path / "image")
-    release = _release(tarball)
+    tarball = small_build(tmp_path / "image")
+    release = release_of(tarball)
     first = install(tmp_path / "state", release, tarball_dirs=(tarball.parent,))
     marked = first.marker.stat().st_mtime_ns
     tarball.unlink()  # and nothing to unpack from: offline, image or not
@@ -167,8 +116,8 @@ def test_a_second_install_fetches_nothing(tmp_path, no_npm, capsys):
 
 
 def test_an_install_cut_short_is_done_again(tmp_path):
-    tarball = _small_build(tmp_path / "image")
-    release = _release(tarball)
+    tarball = small_build(tmp_path / "image")
+    release = release_of(tarball)
     files = viewer_files(tmp_path / "state", release)
     # What a crash leaves: files without the marker, and a half-made partial copy.
     (files.dist).mkdir(parents=True)
@@ -182,10 +131,10 @@ def test_an_install_cut_short_is_done_again(tmp_path):
 
 
 def test_an_upgrade_removes_the_release_before_it(tmp_path):
-    tarball = _small_build(tmp_path / "image")
+    tarball = small_build(tmp_path / "image")
     old = viewer_files(tmp_path / "state", Release("@ohif/app", "9.9.8", "sha512-old"))
     old.dist.mkdir(parents=True)
-    install(tmp_path / "state", _release(tarball), tarball_dirs=(tarball.parent,))
+    install(tmp_path / "state", release_of(tarball), tarball_dirs=(tarball.parent,))
     assert not old.version_dir.exists()
 
 
@@ -197,20 +146,20 @@ def test_an_upgrade_removes_the_release_before_it(tmp_path):
     ],
 )
 def test_a_tarball_with_paths_out_of_dist_or_links_is_refused(tmp_path, members, reason):
-    tarball = _small_build(tmp_path / "image", **members)
+    tarball = small_build(tmp_path / "image", **members)
     with pytest.raises(ViewerError, match=reason):
-        install(tmp_path / "state", _release(tarball), tarball_dirs=(tarball.parent,))
+        install(tmp_path / "state", release_of(tarball), tarball_dirs=(tarball.parent,))
     assert not (tmp_path / "escape.js").exists()
 
 
 def test_a_build_that_cannot_be_patched_is_refused(tmp_path):
     (tmp_path / "image").mkdir()
-    tarball = _tarball(
+    tarball = npm_tarball(
         tmp_path / "image" / "ohif-app-9.9.9.tgz",
         {"package/dist/index.html": "<html><script src='app.js'></script></html>"},
     )
     with pytest.raises(ViewerError, match="cannot be patched"):
-        install(tmp_path / "state", _release(tarball), tarball_dirs=(tarball.parent,))
+        install(tmp_path / "state", release_of(tarball), tarball_dirs=(tarball.parent,))
 
 
 # --- the files nginx serves, on the stack `make up` started ---------------------------------
