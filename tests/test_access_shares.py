@@ -14,7 +14,7 @@ from services.access.permissions import (
     handoff_scope,
     study_class,
 )
-from services.access.shares import SharedStudy, Verdict, share_verdict
+from services.access.shares import SharedStudy, Verdict, orthanc_arguments, share_verdict
 
 A = "1.2.826.0.1.3680043.8.498.1"
 B = "1.2.826.0.1.3680043.8.498.2"
@@ -90,6 +90,12 @@ REFUSED = [
     ("GET", "/pacs/studies", [("StudyInstanceUID", f"{A}\\{B}")]),
     ("GET", "/pacs/studies", [("StudyInstanceUID", "1.2.826*")]),
     ("GET", "/pacs/studies", [("PatientID", "x")]),
+    # Names Orthanc does not decode: it would filter nothing (every study in the answer).
+    ("GET", "/pacs/studies", orthanc_arguments(f"%53tudyInstanceUID={A}")),
+    ("GET", "/pacs/studies", orthanc_arguments(f"StudyInstanceUI%44={A}")),
+    ("GET", "/pacs/studies", orthanc_arguments(f"0020000%44={A}")),
+    ("GET", "/wado", orthanc_arguments(f"requestType=WADO&%73tudyUID={A}&objectUID=7.7")),
+    ("GET", "/pacs/studies", orthanc_arguments(f"StudyInstanceUID={A},{B}")),
     # WADO-URI must name this study, once.
     ("GET", "/wado", [("requestType", "WADO"), ("studyUID", B), ("objectUID", "7.7")]),
     ("GET", "/wado", [("requestType", "WADO"), ("objectUID", "7.7")]),
@@ -126,3 +132,12 @@ def test_the_study_class_is_one_dicomweb_studys_plain_reads():
     assert handoff_scope("GET", f"/instances/{SERIES_ID}/file") == SHARED_READ_CLASS
     assert study_class("DELETE", f"/pacs/studies/{A}") is None
     assert study_class("GET", f"/pacs/studies/{A}/../{B}") is None
+
+
+def test_arguments_are_read_as_orthanc_reads_them():
+    assert orthanc_arguments("a=1&%53tudy=x%2Fy&b&c=d=e&&") == [
+        ("a", "1"),
+        ("%53tudy", "x%2Fy"),
+        ("b", ""),
+        ("c", "d=e"),
+    ]

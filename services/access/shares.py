@@ -63,10 +63,22 @@ class SharedStudy:
     orthanc_id: str  # Orthanc's ID of the study
 
 
+def orthanc_arguments(query: str) -> list[tuple[str, str]]:
+    """The GET arguments as Orthanc 1.10 reads a query string: split on `&`, then on the
+    first `=`, and nothing decoded (`%53tudyInstanceUID` is a name it does not know, so it
+    filters nothing: read decoded, it would pass for the study's)."""
+    return [
+        (name, value)
+        for name, _, value in (part.partition("=") for part in query.split("&"))
+        if name or value
+    ]
+
+
 def share_verdict(
     method: str, raw_path: str, query: Iterable[tuple[str, str]], study: SharedStudy
 ) -> Judgement:
-    """How a share token of `study` may send `method raw_path?query` (query decoded pairs)."""
+    """How a share token of `study` may send `method raw_path?query` (`query`: the arguments
+    as Orthanc reads them, `orthanc_arguments`)."""
     if method not in READ_METHODS:
         return Judgement(Verdict.DENY, "a share only reads")
     try:

@@ -26,10 +26,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
-from urllib.parse import parse_qsl
 
 from services.access.permissions import Role, required_role, role_of
-from services.access.shares import SharedStudy, Verdict, share_verdict
+from services.access.shares import SharedStudy, Verdict, orthanc_arguments, share_verdict
 from services.domain.clients import ClientRecord, client_refusal
 from services.domain.tokens import (
     TokenCodec,
@@ -337,8 +336,9 @@ class PolicyEngine:
                 required=required,
             )
 
-        query = parse_qsl(request.query, keep_blank_values=True)
-        judgement = share_verdict(request.method, request.path, query, token.study)
+        judgement = share_verdict(
+            request.method, request.path, orthanc_arguments(request.query), token.study
+        )
         if judgement.verdict is Verdict.DENY:
             return deny(judgement.reason)
         for level, orthanc_id in judgement.resources:

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
 from services.access.handoff import HEADER as HANDOFF_HEADER
 from services.access.handoff import bearer, bound_value, token_of
@@ -84,11 +84,11 @@ def webhook_request(body: Any) -> AccessRequest | None:
     if _string(body, "token-value") is not None:
         token = bearer(body["token-value"]) or body["token-value"].strip()
     path, query = split_query(uri)
-    # Our plugin sends the GET arguments as Orthanc parsed them: what a share's QIDO names.
+    # Our plugin sends the GET arguments as Orthanc parsed them (not decoded): what a share's
+    # QIDO names. Joined as Orthanc splits them, so orthanc_arguments reads them back as sent.
     arguments = body.get("get")
     if isinstance(arguments, dict):
-        pairs = [(str(name), str(value)) for name, value in arguments.items()]
-        query = urlencode(pairs)
+        query = "&".join(f"{name}={value}" for name, value in arguments.items())
     return AccessRequest(
         token=token,
         method=method.upper(),
