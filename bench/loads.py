@@ -50,6 +50,11 @@ class Series:
         return sum(r.errors for r in self.runs)
 
 
+def wrk_threads(connections: int) -> int:
+    """wrk's threads for `connections` (each thread holds connections / threads of them)."""
+    return 1 if connections == 1 else 2
+
+
 def wrk(
     url: str,
     script: str,
@@ -59,7 +64,7 @@ def wrk(
     env: dict[str, str],
 ) -> Run:
     """One wrk run; non-2xx answers and socket errors are counted as errors."""
-    threads = 1 if connections == 1 else 2
+    threads = wrk_threads(connections)
     command = [
         "wrk",
         f"-t{threads}",

@@ -7,9 +7,19 @@ by hand (analysis, targets missed and why) is kept when the file is rewritten.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from bench.loads import Series
+from bench.oidc import (
+    CALIBRATION_SECONDS,
+    CODE_EXTRA,
+    CODE_MARGIN,
+    CODE_WORKERS,
+    GRANT_NAMES,
+    TOKEN_COMPONENTS,
+    TOKEN_CONNECTIONS,
+)
 from bench.run import COMPONENTS, E2E_CONNECTIONS, SERVICES, Results
 
 # The memory table's columns: at start-up, under load, and idle again after every run.
@@ -17,6 +27,12 @@ MEMORY_STATES = ("idle", "load", "after")
 
 BEGIN = "<!-- BEGIN MEASURED (written by `make bench`; edit outside these markers) -->"
 END = "<!-- END MEASURED -->"
+
+# The OpenID Connect provider's targets: grants per second at the token endpoint, and its
+# access tokens' decisions against zhiva's (OIDC / zhiva, judged at this many connections).
+OIDC_TOKEN_TARGET = 1000
+OIDC_DECISION_RATIO = 0.90
+OIDC_JUDGED_CONNECTIONS = 32
 
 TARGET_RATIO = {
     "QIDO studies": 0.90,
@@ -227,6 +243,14 @@ def measured(results: Results) -> str:
         w(f"| {name} | {role} | {rss:.1f} | {pss:.1f} |")
     w("")
 
+    w(oidc_section(results))
+    w("")
+    # Share tokens and the OHIF viewer, each measured on a stack of its own (bench/shares.py,
+    # bench/viewer.py) after the runs above.
+    for section in results.sections:
+        w(section)
+        w("")
+
     w("### Targets")
     w("")
     w("| target | measured | |")
@@ -253,6 +277,133 @@ def measured(results: Results) -> str:
         w(f"| … p99 ≤ 20 ms | {p99:.1f} ms | {_mark(p99 <= 20)} |")
     w("")
     return "\n".join(out)
+
+
+def oidc_section(results: Results) -> str:
+    """Section 6: the OpenID Connect provider's token endpoint, and decisions on its access
+    tokens beside zhiva's (bench/oidc.py)."""
+    o = results.oidc
+    out: list[str] = []
+    w = out.append
+    w("### 6. OpenID Connect provider")
+    w("")
+    w(
+        f"{results.versions.get('CPU', '?')}; load average (1, 5, 15 min) before the token "
+        f"endpoint's runs: {o.load_before}, after: {o.load_after}. Token service: "
+        f"{o.token_workers or '?'}. An RS256 signature with the stack's key takes "
+        f"{o.signature_us:,.0f} µs in the bench's own process (a code exchange signs an access "
+        "token and an ID token, a refresh an access token)."
+    )
+    w("")
+    w(
+        f"`POST /auth/oauth/token` through the stack's nginx/TLS, wrk, {TOKEN_CONNECTIONS} "
+        "connections, a public client with PKCE (S256). *Code exchange*: a new code per "
+        "request (codes are single use and live 60 s). Before each run each user's browser "
+        "session (signed in once through the form) asks `/auth/oauth/authorize` for codes, "
+        f"{CODE_WORKERS} threads, as many as the best rate seen (a {CALIBRATION_SECONDS:g}-s "
+        f"run first, not counted) for the run's length, times {CODE_MARGIN:g}, plus "
+        f"{CODE_EXTRA}; a run that runs out is not counted and made again with twice as many "
+        "(notes below). *Refresh*: strict rotation, each connection follows a family of its "
+        "own (16 code exchanges, 2 per user, before each run): each answer's new refresh "
+        "token is its family's next request. *Rates count 2xx answers only*; errors are "
+        "non-2xx answers and socket errors. *Token CPU*: user + system time of the token "
+        "service's processes over the run, per token; *cores*: that time per second of run."
+    )
+    w("")
+    w(
+        "| grant | tokens/s | p50 ms | p99 ms | errors | token CPU µs per token | cores "
+        f"| target ≥ {OIDC_TOKEN_TARGET:,}/s |"
+    )
+    w("|---|---|---|---|---|---|---|---|")
+    for grant, series in o.tokens.items():
+        if not series.runs:
+            w(f"| {GRANT_NAMES[grant]} | no run counted | | | | | | |")
+            continue
+        rate = series.median()
+        cores = o.token_cores.get(grant, [])
+        w(
+            f"| {GRANT_NAMES[grant]} | {_rate(series)} | {_ms(series, 'p50_ms')} | "
+            f"{_ms(series, 'p99_ms')} | {series.errors} | {_rate(series, 'cpu_us')} | "
+            f"{_median(cores):.2f} | {_mark(rate >= OIDC_TOKEN_TARGET)} |"
+        )
+    w("")
+    for grant, runs in o.token_cpu.items():
+        split = ", ".join(
+            f"{name} {_median([run[name] for run in runs]):,.0f} µs" for name in TOKEN_COMPONENTS
+        )
+        w(f"CPU per {GRANT_NAMES[grant]} (medians): {split}.")
+        w("")
+    if o.codes:
+        made = ", ".join(f"{n:,} / {sent:,}" for n, sent in zip(o.codes, o.codes_sent, strict=True))
+        w(
+            f"Codes made / sent per counted exchange run: {made}; `/auth/oauth/authorize` with "
+            f"a session gave {_median(o.codes_per_second):,.0f} codes/s while they were made."
+        )
+        w("")
+    zhiva_chars, oidc_chars = o.token_chars
+    w(
+        "Decisions: the runs of section 1, each beside the same run with the provider's "
+        "access tokens in the same `token` header (zhiva first, then OIDC first, in turn). "
+        f"*Cold*: {o.cold_tokens:,} "
+        f"distinct access tokens of {o.cold_users} users, the refresh runs' answers (and "
+        f"{o.minted_runs} more refresh run{'' if o.minted_runs == 1 else 's'}, not counted, "
+        "to make up the number), cycled as "
+        f"the zhiva ones; *warm* and *viewer*: one access token. An OIDC access token is "
+        f"{oidc_chars:,} characters, a zhiva one {zhiva_chars:,}. Ratio: OIDC / zhiva of the "
+        "medians; policy CPU as in section 1."
+    )
+    w("")
+    w(
+        "| target | caches | connections | zhiva decisions/s | OIDC decisions/s | OIDC / zhiva "
+        "| zhiva p99 ms | OIDC p99 ms | OIDC errors | policy CPU µs, zhiva | policy CPU µs, OIDC "
+        "| policy CPU, OIDC / zhiva |"
+    )
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for key, oidc in o.decisions.items():
+        zhiva = results.decisions[key]
+        target, state, connections = key
+        w(
+            f"| {target} | {state} | {connections} | {_rate(zhiva)} | {_rate(oidc)} | "
+            f"{_ratio(oidc.median() / zhiva.median())} | {_ms(zhiva, 'p99_ms')} | "
+            f"{_ms(oidc, 'p99_ms')} | {oidc.errors} | {_rate(zhiva, 'cpu_us')} | "
+            f"{_rate(oidc, 'cpu_us')} | {_cpu_ratio(oidc, zhiva)} |"
+        )
+    w("")
+    w("| target | measured | |")
+    w("|---|---|---|")
+    for grant, series in o.tokens.items():
+        if series.runs:
+            rate = series.median()
+            w(
+                f"| {GRANT_NAMES[grant]}, {TOKEN_CONNECTIONS} connections, ≥ "
+                f"{OIDC_TOKEN_TARGET:,}/s | {rate:,.0f}/s | {_mark(rate >= OIDC_TOKEN_TARGET)} |"
+            )
+    for key, oidc in o.decisions.items():
+        target, state, connections = key
+        if connections != OIDC_JUDGED_CONNECTIONS:
+            continue
+        ratio = oidc.median() / results.decisions[key].median()
+        w(
+            f"| {target}, {state}, {connections} connections: OIDC / zhiva ≥ "
+            f"{OIDC_DECISION_RATIO:.2f} | {_ratio(ratio)} | "
+            f"{_mark(ratio >= OIDC_DECISION_RATIO)} |"
+        )
+    if o.notes:
+        w("")
+        for note in o.notes:
+            w(f"- {note}")
+    return "\n".join(out)
+
+
+def _cpu_ratio(oidc: Series, zhiva: Series) -> str:
+    """OIDC / zhiva of the policy's CPU per decision; "–" where nginx answered (about 0 µs)."""
+    if zhiva.median("cpu_us") < 20:
+        return "–"
+    return f"{oidc.median('cpu_us') / zhiva.median('cpu_us'):.2f}"
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 COLD_TOKENS_TEXT = (

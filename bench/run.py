@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import tempfile
@@ -18,7 +19,18 @@ import requests
 
 from bench import loads
 from bench.environment import BareOrthanc, BenchNginx
-from bench.loads import Run, Series, cpu_seconds, memory_by_process, memory_of, timed, upload, wrk
+from bench.loads import (
+    Run,
+    Series,
+    cpu_seconds,
+    memory_by_process,
+    memory_of,
+    timed,
+    upload,
+    wrk,
+    wrk_threads,
+)
+from bench.oidc import OidcBench, OidcResults
 from bench.study import Study, make_study, with_new_uids
 from services.access.handoff import HEADER as HANDOFF_HEADER
 from services.access.handoff import bound_value, handoff_key
@@ -69,6 +81,11 @@ class Results:
     processes: list[tuple[str, int, float, float]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Markdown sections of the benches that run on stacks of their own (shares, viewer).
+    sections: list[str] = field(default_factory=list)
+    # The OpenID Connect provider (bench/oidc.py): its token endpoint, and decisions on its
+    # access tokens, each run beside the same zhiva one.
+    oidc: OidcResults = field(default_factory=OidcResults)
 
 
 def viewer_paths(study_uid: str, count: int = COLD_TOKENS) -> list[str]:
@@ -98,6 +115,8 @@ class Bench:
         self.stack = Stack.prepare(root / "stack", ADMIN_PASSWORD, root / "output")
         self.bare: BareOrthanc | None = None
         self.nginx: BenchNginx | None = None
+        self.oidc: OidcBench | None = None
+        self.token_offsets: dict[str, int] = {}  # by token file: where its next run starts
 
     # ----------------------------------------------------------- set-up
 
@@ -218,6 +237,12 @@ class Bench:
 
     # ----------------------------------------------------------- (1) decisions
 
+    def oidc_runs(self) -> None:
+        """The provider's token endpoint (bench/oidc.py); it also mints the OIDC access
+        tokens the decision runs then use beside the zhiva ones."""
+        self.oidc = OidcBench(self)
+        self.oidc.token_endpoint(COLD_TOKENS)
+
     def decisions(self) -> None:
         knobs, results = self.knobs, self.results
         say(f"issuing {COLD_TOKENS} tokens for the cold runs")
@@ -245,26 +270,47 @@ class Bench:
                 if state == "viewer" and target == "webhook":
                     continue  # the webhook has no URI cache: its warm rows say it all
                 wrk_env = {**env, "BENCH_PATH": env_path, "BENCH_STUDY_UID": self.study.uid}
+                # The same run with the provider's access tokens, beside each zhiva one
+                # (bench/oidc.py): the two compare on one machine state.
+                kinds = [("zhiva", results.decisions, wrk_env)]
+                if self.oidc is not None:
+                    oidc_env = {**wrk_env, **self.oidc.token_env(state)}
+                    kinds.append(("oidc", results.oidc.decisions, oidc_env))
                 for connections in CONNECTIONS:
-                    series = results.decisions.setdefault((target, state, connections), Series())
+                    key = (target, state, connections)
                     if connections == 32:
                         self.sample_memory_during(
                             partial(self.decision_run, url, script, connections, wrk_env)
                         )
-                    for _ in range(knobs.runs):
-                        cpu_before = cpu_seconds(policy_pid)
-                        run_ = self.decision_run(url, script, connections, wrk_env)
-                        cpu = cpu_seconds(policy_pid) - cpu_before
-                        run_.cpu_us = cpu / max(1, run_.requests) * 1e6
-                        series.runs.append(run_)
-                    say(
-                        f"decisions {target} {state} c={connections}: "
-                        f"{series.median():.0f}/s p99 {series.median('p99_ms'):.1f} ms "
-                        f"errors {series.errors}"
-                    )
+                    for number in range(knobs.runs):
+                        # Each kind goes first every other time: neither always follows.
+                        for _kind, table, kind_env in kinds[:: 1 if number % 2 == 0 else -1]:
+                            cpu_before = cpu_seconds(policy_pid)
+                            run_ = self.decision_run(url, script, connections, kind_env)
+                            cpu = cpu_seconds(policy_pid) - cpu_before
+                            run_.cpu_us = cpu / max(1, run_.requests) * 1e6
+                            table.setdefault(key, Series()).runs.append(run_)
+                    for kind, table, _ in kinds:
+                        series = table[key]
+                        say(
+                            f"decisions {target} {state} c={connections} {kind}: "
+                            f"{series.median():.0f}/s p99 {series.median('p99_ms'):.1f} ms "
+                            f"errors {series.errors}"
+                        )
 
     def decision_run(self, url: str, script: str, connections: int, env: dict[str, str]) -> Run:
-        return wrk(url, script, connections=connections, seconds=self.knobs.seconds, env=env)
+        # A token file is read on from where its last run (the memory runs' too) stopped, not
+        # from its start: otherwise a run shorter than the policy's LRU met the tokens the run
+        # before it had just cached, and the zhiva rows at 32 connections, after their
+        # memory run, were warm (the OIDC rows beside them were not).
+        tokens = env.get("BENCH_TOKENS")
+        if tokens:
+            env = {**env, "BENCH_OFFSET": str(self.token_offsets.get(tokens, 0))}
+        run_ = wrk(url, script, connections=connections, seconds=self.knobs.seconds, env=env)
+        if tokens:
+            step = math.ceil(run_.requests / wrk_threads(connections))
+            self.token_offsets[tokens] = self.token_offsets.get(tokens, 0) + step
+        return run_
 
     # ----------------------------------------------------------- (2) end to end
 
@@ -491,6 +537,7 @@ class Bench:
             time.sleep(3)
             self.sample_memory("idle", by_process=True)
             self.load_pids = self.pids()
+            self.oidc_runs()
             self.decisions()
             self.end_to_end()
             self.uploads()
@@ -524,11 +571,14 @@ def _run_mb(mb_s: float) -> Run:
 
 
 def main() -> int:
+    from bench import shares, viewer
     from bench.report import write_report
 
     knobs = Knobs()
     with tempfile.TemporaryDirectory(prefix="zhiva-bench-") as directory:
         results = Bench(Path(directory), knobs).run()
+    results.sections.append(shares.measure_section())
+    results.sections.append(viewer.measure_section())
     target = Path(os.environ.get("BENCH_OUTPUT", "docs/BENCHMARKS.md"))
     write_report(results, target)
     say(f"wrote {target}")

@@ -1,6 +1,8 @@
 -- Shared by the bench scripts: per-thread token lists and a JSON summary on stdout.
 -- Settings come from the environment (wrk passes no arguments to Lua here):
 --   BENCH_TOKENS   file, one token per line (each request takes the next one: cold caches)
+--   BENCH_OFFSET   where in BENCH_TOKENS this run starts (bench/run.py: where the last one
+--                  stopped, so a run meets tokens unseen for a whole cycle of the file)
 --   BENCH_TOKEN    one token for every request (warm caches)
 --   BENCH_PATHS    file, one path per line (get.lua: each request takes the next one)
 --   BENCH_METHOD, BENCH_PATH, BENCH_HEADER (name of the token header, default "token")
@@ -28,6 +30,11 @@ end
 
 function load_tokens()
    return load_lines(os.getenv("BENCH_TOKENS"), os.getenv("BENCH_TOKEN"))
+end
+
+-- Where this thread starts in `tokens`: threads half the list apart, moved on by BENCH_OFFSET.
+function first_token(tokens)
+   return math.floor((id - 1) * #tokens / 2) + tonumber(os.getenv("BENCH_OFFSET") or "0")
 end
 
 function done(summary, latency, requests)

@@ -8,7 +8,7 @@ local tokens, index, method, paths, path_index, header
 function init(args)
    tokens = load_tokens()
    -- Threads start at different places in the list, so no two send the same token together.
-   index = math.floor((id - 1) * #tokens / 2)
+   index = first_token(tokens)
    method = os.getenv("BENCH_METHOD") or "GET"
    paths = load_lines(os.getenv("BENCH_PATHS"), os.getenv("BENCH_PATH"))
    path_index = math.floor((id - 1) * #paths / 2)

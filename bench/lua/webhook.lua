@@ -6,7 +6,7 @@ local tokens, index, prefix, suffix
 
 function init(args)
    tokens = load_tokens()
-   index = math.floor((id - 1) * #tokens / 2)
+   index = first_token(tokens)
    local uri = os.getenv("BENCH_PATH")
    local uid = os.getenv("BENCH_STUDY_UID")
    prefix = '{"method":"get","level":"study","dicom-uid":"' .. uid .. '","uri":"' .. uri ..
