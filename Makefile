@@ -28,8 +28,12 @@ admin: $(VENV)/.runtime ## manage users on the running stack: make admin ARGS="l
 setup: $(VENV)/.runtime ## make the TLS certificate, JWT keys and .env when missing (asks the admin password)
 	@$(BIN)/python -m infra.setup
 
+# Two processes, one test file each at a time (a file's module fixtures, its stacks, stay
+# in one process): the suite waits on stacks, browsers and timeouts more than on the CPU.
+TEST_WORKERS ?= 2
+
 test: system-packages-test lint ## lint, then the whole test suite, real components included (CONTAINERS=1: the container stack too)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 	@if [ "$(CONTAINERS)" = 1 ]; then $(MAKE) --no-print-directory test-containers; fi
 
 test-containers: $(VENV)/.test ## build the images, boot docker-compose.yml (Podman or Docker), run the end-to-end tests on it
