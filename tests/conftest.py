@@ -16,6 +16,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,9 @@ def app_config(config_dir: Path, redis_server: RedisServer, tmp_path: Path) -> d
     }
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL database of this run's own on the machine's server (127.0.0.1:5432)."""
+@contextmanager
+def new_postgres_database() -> Iterator[str]:
+    """An empty PostgreSQL database on the machine's server (127.0.0.1:5432), dropped after."""
     import psycopg
 
     admin_url = os.environ.get(
@@ -131,6 +132,30 @@ def postgres_url() -> Iterator[str]:
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this run's own."""
+    with new_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[str]:
+    """An empty PostgreSQL database of this test's own, for migrating up and down."""
+    with new_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of this test's own: SQLite, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'zhiva.db'}"
+    return str(request.getfixturevalue("own_postgres"))

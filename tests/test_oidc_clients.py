@@ -11,13 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,30 +58,6 @@ POLICY = OriginPolicy(["https://*.zhiva.ai", "https://localhost:*"])
 
 
 # --- databases --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[str]:
-    """An empty PostgreSQL database of this test's own, for migrating up and down."""
-    import psycopg
-
-    admin_url = os.environ.get(
-        "TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    name = f"zhiva_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'zhiva.db'}"
-    return request.getfixturevalue("own_postgres")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -699,30 +698,6 @@ def test_guesses_sent_at_once_get_no_more_than_five_checks(config, login_app, st
 
 
 # --- the stores: writer, driver reader, migration -----------------------------------------
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[str]:
-    """An empty PostgreSQL database of this test's own."""
-    import psycopg
-
-    admin_url = os.environ.get(
-        "TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    name = f"zhiva_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'zhiva.db'}"
-    return request.getfixturevalue("own_postgres")
 
 
 def test_migration_0004_up_and_down(empty_database):

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, redirect, render_template, request
+from flask import Blueprint, Response, current_app, g, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from services.domain.origins import parse_origin
@@ -26,6 +26,7 @@ from services.web.oidc import (
 )
 
 from .forms import ConfirmForm, CredentialsForm, DeviceCodeForm
+from .pages import page
 from .signin import SignIn, SignInFailed, TooManyAttempts
 
 log = logging.getLogger("zhiva.login")
@@ -56,17 +57,7 @@ def _action() -> str:
 def _page(
     template: str, status: int = 200, redirect_origin: str | None = None, **context: Any
 ) -> Response:
-    response = Response(render_template(template, **context), status=status)
-    # After the form's POST the browser follows a 302 to the client; Chrome holds that
-    # redirect to form-action too.
-    form_action = "'self'" + (f" {redirect_origin}" if redirect_origin else "")
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'self'; img-src 'self'; "
-        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
-    )
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return page(template, status, redirect_origin, **context)
 
 
 def _message(title: str, message: str, status: int = 200, *, error: bool = False) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -17,6 +17,7 @@ from services.stores.revocation import StoreUnavailable
 from services.web.app import error, resources
 
 from .forms import SignInForm
+from .pages import page
 from .signin import (
     BadResponseType,
     BadReturnUri,
@@ -55,16 +56,8 @@ def _sign_in() -> SignIn:
 
 
 def _page(template: str, status: int, return_uri: ReturnUri | None = None, **context) -> Response:  # type: ignore[no-untyped-def]
-    response = Response(render_template(template, **context), status=status)
     # The form may only be sent to us, and (after the redirect) reach the checked viewer origin.
-    form_action = "'self'" + (f" {return_uri.audience}" if return_uri else "")
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'self'; img-src 'self'; "
-        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
-    )
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return page(template, status, return_uri.audience if return_uri else None, **context)
 
 
 def _form_page(

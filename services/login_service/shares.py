@@ -16,9 +16,10 @@ in this service. Log lines name the share id, never a token or a PIN.
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, current_app, request
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response as BaseResponse
@@ -31,6 +32,8 @@ from services.stores.revocation import StoreUnavailable
 from services.stores.share_table import ShareTable
 from services.stores.throttle import Throttle
 from services.web.app import resources
+
+from .pages import page
 
 log = logging.getLogger("zhiva.login")
 
@@ -75,14 +78,8 @@ def _pin_throttle() -> Throttle:
     return throttle
 
 
-def _page(template: str, status: int, **context: object) -> Response:
-    response = Response(render_template(template, **context), status=status)
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'self'; img-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    )
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cache-Control"] = "no-store"
+def _page(template: str, status: int, **context: Any) -> Response:
+    response = page(template, status, **context)
     # The page's address is the link: a capability, not for another site's logs.
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
