@@ -346,8 +346,9 @@ def test_ohif_signs_in_draws_the_study_and_lists_it(stack, context, ct_study):
     assert pixels.std() > DRAWN_STD and len(np.unique(pixels)) > 8
     assert (pixels > 200).mean() > 0.05 and (pixels < 50).mean() > 0.05
 
-    # The study list (same app, no reload) shows it.
-    open_in_app(page, f"{stack.base_url}/viewer/")
+    # The study list (same app, no reload) shows it: filtered by its patient ID (`mrn`, a QIDO
+    # PatientID), since the stack holds other tests' studies, more than a first page may show.
+    open_in_app(page, f"{stack.base_url}/viewer/?mrn={ct_study.patient}")
     page.get_by_text(ct_study.patient, exact=False).first.wait_for(timeout=30_000)
     shot(page, stack, "ohif-study-list")
 
